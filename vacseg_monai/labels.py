@@ -75,7 +75,8 @@ class Label:
 
 
 _PHYSICAL_OBJECT = Code("260787004", "SCT", "Physical object")
-_ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
+# CID 7150 "Segmentation Property Categories" (123037004 is SNOMED's "Body structure").
+_ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
 
 LABELS: tuple[Label, ...] = (
     Label(
@@ -84,7 +85,8 @@ LABELS: tuple[Label, ...] = (
         color=(255, 170, 0),
         rt_roi_type=RTROIInterpretedType.FIXATION,
         category=_PHYSICAL_OBJECT,
-        type=Code("VB001", PROJECT_SCHEME, "Vacuum immobilization bag"),
+        # CID 7157 "Device Segmentation Types" / CID 9513 "Fixation Devices".
+        type=Code("130118", "DCM", "Vacuum Mold"),
         description="vacuum immobilisation bag (polystyrene-bead cushion)",
     ),
     Label(
@@ -93,7 +95,8 @@ LABELS: tuple[Label, ...] = (
         color=(0, 170, 255),
         rt_roi_type=RTROIInterpretedType.SUPPORT,
         category=_PHYSICAL_OBJECT,
-        type=Code("VB002", PROJECT_SCHEME, "Radiotherapy treatment couch"),
+        # CID 7157 "Device Segmentation Types" / CID 9515 "RT Patient Support Devices".
+        type=Code("86407004", "SCT", "Table"),
         description="treatment couch top (carbon-fibre shells around a foam core)",
     ),
     Label(

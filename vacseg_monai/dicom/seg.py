@@ -1,0 +1,368 @@
+"""Write the model's label map (or class probabilities) as a DICOM Segmentation.
+
+The Segmentation (SEG) is built with highdicom and references the CT series it
+was derived from, frame by frame. The project's array convention makes the
+mapping direct: ``labels[:, :, k]`` is the k-th slice of ``series.datasets``, so
+frame ``k`` of the array handed to highdicom (``(frames, rows, cols)``) is
+derived from source image ``k`` and carries that image's position.
+
+Segment numbers, labels, property codes and display colours come from the label
+table (:mod:`vacseg_monai.labels`). Every label of the table is described even
+when it has no voxel; frames without any voxel of a segment are omitted
+(``omit_empty_frames``), so an empty segment is a described segment with no
+frames. An entirely empty label map is encoded with all frames (highdicom cannot
+omit every frame).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code as PydicomCode
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from vacseg_monai import __version__
+from vacseg_monai.labels import LABELS, Label
+
+if TYPE_CHECKING:
+    from vacseg_monai.dicom.series import CTSeries
+
+__all__ = [
+    "DEFAULT_ROOT_UID",
+    "SEG_MANUFACTURER",
+    "write_seg",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Root under which SeriesInstanceUID and SOPInstanceUID are generated.
+DEFAULT_ROOT_UID = "1.2.826.0.1.3680043.8.498."
+#: Manufacturer (0008,0070) and Manufacturer's Model Name of written objects.
+SEG_MANUFACTURER = "vacseg_monai"
+
+_DEFAULT_SERIES_DESCRIPTION = "vacseg_monai automatic segmentation - review before use"
+_DEFAULT_CONTENT_LABEL = "VACSEG"
+_DEFAULT_SERIES_NUMBER = 901
+
+# Coding schemes defined in PS3.16; any other designator gets an entry in the
+# Coding Scheme Identification Sequence.
+_STANDARD_SCHEMES = frozenset({"DCM", "SCT", "SRT", "LN", "FMA", "UCUM", "NCIt", "RADLEX", "UMLS"})
+
+# Type 2C attributes of the Patient / Patient Study modules that are required
+# (possibly empty) when the patient is an animal (PS3.3 C.7.1.1, C.7.2.2).
+_VETERINARY_TYPE2C = (
+    "PatientBreedCodeSequence",
+    "BreedRegistrationSequence",
+    "ResponsiblePerson",
+    "ResponsibleOrganization",
+    "PatientSexNeutered",
+)
+
+
+def write_seg(
+    labels: Any,
+    series: CTSeries,
+    out_path: str | os.PathLike[str] | None = None,
+    *,
+    label_table: Sequence[Label] = LABELS,
+    root_uid: str = DEFAULT_ROOT_UID,
+    probabilities: Any | None = None,
+    series_description: str = _DEFAULT_SERIES_DESCRIPTION,
+    series_number: int = _DEFAULT_SERIES_NUMBER,
+    content_label: str = _DEFAULT_CONTENT_LABEL,
+    content_description: str | None = None,
+    instance_number: int = 1,
+    device_serial_number: str = "0",
+    omit_empty_frames: bool = True,
+    transfer_syntax_uid: str = ExplicitVRLittleEndian,
+) -> hd.seg.Segmentation:
+    """Encode a label map (or per-label probabilities) as a DICOM Segmentation.
+
+    Args:
+        labels: label map, numpy array ``(rows, cols, n_slices)`` or a tensor /
+            MetaTensor ``(1, rows, cols, n_slices)``, integer-valued, with values
+            0 (background) or a ``value`` of ``label_table``. Slice ``k`` must be
+            ``series.datasets[k]``.
+        series: the source CT series (:class:`vacseg_monai.dicom.series.CTSeries`).
+        out_path: file to write (parent folders are created; written via a
+            temporary file and an atomic rename), or an existing folder, where the
+            file is named ``SEG_<SOPInstanceUID>.dcm``. ``None`` (default) writes
+            nothing.
+        label_table: labels to describe, default :data:`vacseg_monai.labels.LABELS`.
+            Segment numbers are 1..N in order of increasing label value; every
+            label is described even when it has no voxel.
+        root_uid: UID root for the new series and instance UIDs, default
+            ``"1.2.826.0.1.3680043.8.498."``; must end with ``"."``.
+        probabilities: optional class probabilities ``(C, rows, cols, n_slices)``
+            in [0, 1] with ``C == len(label_table) + 1`` (channel 0 = background,
+            dropped) or ``C == len(label_table)`` (in label-table order). When
+            given, a FRACTIONAL (PROBABILITY, max value 255) segmentation is
+            written from them instead of a BINARY one from ``labels``; ``labels``
+            is still validated. Default ``None``.
+        series_description: Series Description, default says the series was
+            produced automatically and needs review.
+        series_number: Series Number, default 901.
+        content_label: Content Label (a DICOM CS: upper case, digits, ``_``,
+            space; at most 16 characters), default ``"VACSEG"``.
+        content_description: Content Description, default names the software
+            version and the segmented structures.
+        instance_number: Instance Number, default 1.
+        device_serial_number: Device Serial Number (Type 1), default ``"0"``.
+        omit_empty_frames: leave out frames in which a segment has no pixel
+            (default ``True``; an all-empty map still gets every frame).
+        transfer_syntax_uid: default Explicit VR Little Endian; a FRACTIONAL
+            SEG may also use RLE Lossless, JPEG 2000 Lossless or JPEG-LS Lossless
+            (highdicom raises ``ValueError`` for other combinations).
+
+    Returns:
+        The :class:`highdicom.seg.Segmentation` (saved if ``out_path`` is given).
+
+    Raises:
+        ValueError: if the label map's or the probabilities' shape does not match
+            the series, the label map holds values not in ``label_table`` or
+            non-integers, probabilities are outside [0, 1], the label table is
+            empty or has duplicate values, or ``root_uid`` is not a valid root.
+    """
+    table = _check_label_table(label_table)
+    _check_root_uid(root_uid)
+    if not series.datasets:
+        raise ValueError(f"Series {series.series_instance_uid} has no datasets; cannot derive a SEG from it.")
+    expected_shape = (int(series.datasets[0].Rows), int(series.datasets[0].Columns), len(series.datasets))
+    label_map = _as_label_map(labels, expected_shape, series.series_instance_uid)
+    segment_map = _to_segment_numbers(label_map, table, series.series_instance_uid)
+
+    if probabilities is None:
+        segmentation_type = hd.seg.SegmentationTypeValues.BINARY
+        # (rows, cols, n) -> (frames, rows, cols): frame k is source image k.
+        pixel_array = np.ascontiguousarray(np.moveaxis(segment_map, 2, 0))
+    else:
+        segmentation_type = hd.seg.SegmentationTypeValues.FRACTIONAL
+        pixel_array = _as_fractional_frames(probabilities, expected_shape, len(table), series.series_instance_uid)
+    del segment_map
+    if omit_empty_frames and not pixel_array.any():
+        # highdicom cannot omit every frame; say so here rather than let it warn.
+        logger.info("Label map for series %s has no foreground; encoding all frames.", series.series_instance_uid)
+        omit_empty_frames = False
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=SEG_MANUFACTURER,
+        family=codes.DCM.ArtificialIntelligence,
+        version=__version__,
+    )
+    descriptions = [_segment_description(number, label, algorithm) for number, label in enumerate(table, start=1)]
+    if content_description is None:
+        names = ", ".join(label.name for label in table)
+        content_description = f"{SEG_MANUFACTURER} {__version__} automatic: {names}"[:64]
+
+    source_images = _source_images(series)
+    seg = hd.seg.Segmentation(
+        source_images=source_images,
+        pixel_array=pixel_array,
+        segmentation_type=segmentation_type,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(prefix=root_uid),
+        series_number=series_number,
+        sop_instance_uid=generate_uid(prefix=root_uid),
+        instance_number=instance_number,
+        manufacturer=SEG_MANUFACTURER,
+        manufacturer_model_name=SEG_MANUFACTURER,
+        software_versions=[__version__, f"highdicom {hd.__version__}"],
+        device_serial_number=device_serial_number,
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+        max_fractional_value=255,
+        content_description=content_description,
+        content_label=content_label,
+        transfer_syntax_uid=transfer_syntax_uid,
+        omit_empty_frames=omit_empty_frames,
+        series_description=series_description,
+    )
+    _complete_veterinary_attributes(seg)
+    _add_coding_scheme_identification(seg, table)
+    logger.info(
+        "Built %s SEG %s (%d frames, %d segments) for series %s.",
+        segmentation_type.value,
+        seg.SOPInstanceUID,
+        int(seg.NumberOfFrames),
+        len(table),
+        series.series_instance_uid,
+    )
+    if out_path is not None:
+        _save(seg, Path(out_path))
+    return seg
+
+
+def _check_label_table(label_table: Sequence[Label]) -> list[Label]:
+    """Return the table sorted by value; reject empty tables, duplicates and values < 1."""
+    table = sorted(label_table, key=lambda label: label.value)
+    if not table:
+        raise ValueError("`label_table` must hold at least one label, got an empty table.")
+    values = [label.value for label in table]
+    if len(set(values)) != len(values) or values[0] < 1 or values[-1] > 255:
+        raise ValueError(f"`label_table` values must be unique and in [1, 255], got {values}.")
+    return table
+
+
+def _check_root_uid(root_uid: str) -> None:
+    """Reject UID roots that cannot prefix a generated UID."""
+    parts = root_uid.split(".")
+    valid = (
+        root_uid.endswith(".")
+        and len(root_uid) <= 54
+        and all(part.isdigit() and (part == "0" or not part.startswith("0")) for part in parts[:-1])
+    )
+    if not valid:
+        raise ValueError(
+            f"`root_uid` must be digits and dots ending with '.', without leading zeros, at most 54 "
+            f"characters (e.g. {DEFAULT_ROOT_UID!r}), got {root_uid!r}."
+        )
+
+
+def _to_numpy(array: Any) -> np.ndarray:
+    """Convert a numpy array, torch tensor or MetaTensor to numpy without copying when possible."""
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def _as_label_map(labels: Any, expected_shape: tuple[int, int, int], series_uid: str) -> np.ndarray:
+    """Return the label map as a ``(rows, cols, n_slices)`` array matching the series."""
+    label_map = _to_numpy(labels)
+    if label_map.ndim == 4 and label_map.shape[0] == 1:
+        label_map = label_map[0]
+    if label_map.shape != expected_shape:
+        raise ValueError(
+            f"Label map shape {tuple(label_map.shape)} does not match series {series_uid} shape "
+            f"(rows, cols, n_slices) = {expected_shape}; a channel-first (1, rows, cols, n_slices) "
+            "tensor is accepted too."
+        )
+    if label_map.dtype.kind == "f":
+        if not np.all(np.isfinite(label_map)) or np.any(label_map != np.round(label_map)):
+            raise ValueError(f"Label map for series {series_uid} has non-integer values; pass argmax'ed labels.")
+    elif label_map.dtype.kind not in "biu":
+        raise ValueError(f"Label map for series {series_uid} must be integer-valued, got dtype {label_map.dtype}.")
+    return label_map
+
+
+def _to_segment_numbers(label_map: np.ndarray, table: list[Label], series_uid: str) -> np.ndarray:
+    """Map label values to segment numbers 1..N (0 stays background) as uint8."""
+    present = np.unique(label_map)
+    known = {0} | {label.value for label in table}
+    unknown = sorted(int(v) for v in present if int(v) not in known)
+    if unknown:
+        raise ValueError(
+            f"Label map for series {series_uid} contains values {unknown} that are not in the label table "
+            f"(known: {sorted(known)})."
+        )
+    if all(label.value == number for number, label in enumerate(table, start=1)):
+        return label_map.astype(np.uint8, copy=False)
+    lookup = np.zeros(max(known) + 1, dtype=np.uint8)
+    for number, label in enumerate(table, start=1):
+        lookup[label.value] = number
+    return lookup[label_map.astype(np.intp)]
+
+
+def _as_fractional_frames(
+    probabilities: Any, expected_shape: tuple[int, int, int], n_labels: int, series_uid: str
+) -> np.ndarray:
+    """Return probabilities as float32 ``(frames, rows, cols, segments)`` after validation."""
+    prob = _to_numpy(probabilities)
+    if prob.ndim != 4 or prob.shape[1:] != expected_shape or prob.shape[0] not in (n_labels, n_labels + 1):
+        raise ValueError(
+            f"`probabilities` shape {tuple(prob.shape)} does not match series {series_uid}: expected "
+            f"({n_labels + 1} or {n_labels}, *{expected_shape})."
+        )
+    if prob.shape[0] == n_labels + 1:
+        prob = prob[1:]
+    prob = prob.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(prob)) or prob.min() < 0.0 or prob.max() > 1.0:
+        raise ValueError(
+            f"`probabilities` for series {series_uid} must be finite and in [0, 1], got range "
+            f"[{np.nanmin(prob):.4g}, {np.nanmax(prob):.4g}]."
+        )
+    # (segments, rows, cols, n) -> (frames, rows, cols, segments)
+    return np.ascontiguousarray(np.transpose(prob, (3, 1, 2, 0)))
+
+
+def _segment_description(
+    number: int, label: Label, algorithm: hd.AlgorithmIdentificationSequence
+) -> hd.seg.SegmentDescription:
+    """Describe one label as a segment: codes, AUTOMATIC algorithm, CIELab display colour."""
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=label.name,
+        segmented_property_category=PydicomCode(label.category.value, label.category.scheme, label.category.meaning),
+        segmented_property_type=PydicomCode(label.type.value, label.type.scheme, label.type.meaning),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        display_color=hd.color.CIELabColor.from_rgb(*label.color),
+    )
+
+
+def _source_images(series: CTSeries) -> list[Dataset]:
+    """Return header-only source datasets in slice order.
+
+    ``series.datasets`` already holds headers without pixel data; if any lacks
+    the attributes highdicom needs, the headers are re-read from
+    ``series.files`` with ``stop_before_pixels``.
+    """
+    needed = ("SOPClassUID", "SOPInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+    if all(all(keyword in ds for keyword in needed) for ds in series.datasets):
+        return list(series.datasets)
+    logger.debug("Re-reading headers of series %s for the SEG source images.", series.series_instance_uid)
+    return [pydicom.dcmread(path, stop_before_pixels=True) for path in series.files]
+
+
+def _complete_veterinary_attributes(seg: hd.seg.Segmentation) -> None:
+    """Add the (empty) Type 2C attributes required for an animal patient if the source lacked them."""
+    if "PatientSpeciesDescription" not in seg and "PatientSpeciesCodeSequence" not in seg:
+        return
+    for keyword in _VETERINARY_TYPE2C:
+        if keyword not in seg:
+            setattr(seg, keyword, [] if keyword.endswith("Sequence") else "")
+            logger.debug("SEG %s: added empty %s (veterinary Type 2C).", seg.SOPInstanceUID, keyword)
+
+
+def _add_coding_scheme_identification(seg: hd.seg.Segmentation, table: list[Label]) -> None:
+    """Identify non-PS3.16 coding schemes (e.g. the project scheme ``99VACSEG``)."""
+    schemes = sorted(
+        {code.scheme for label in table for code in (label.category, label.type)} - _STANDARD_SCHEMES
+    )
+    if not schemes:
+        return
+    items = []
+    for scheme in schemes:
+        item = Dataset()
+        item.CodingSchemeDesignator = scheme
+        item.CodingSchemeName = f"{SEG_MANUFACTURER} local codes"
+        item.CodingSchemeResponsibleOrganization = SEG_MANUFACTURER
+        items.append(item)
+    seg.CodingSchemeIdentificationSequence = items
+
+
+def _save(seg: hd.seg.Segmentation, out_path: Path) -> Path:
+    """Write ``seg`` atomically (temporary file + rename) and return the path written."""
+    if out_path.is_dir():
+        out_path = out_path / f"SEG_{seg.SOPInstanceUID}.dcm"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".seg-", suffix=".tmp", dir=out_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            seg.save_as(handle, enforce_file_format=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, out_path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    logger.info("Wrote SEG %s to %s.", seg.SOPInstanceUID, out_path)
+    return out_path
