@@ -1,0 +1,40 @@
+#!/usr/bin/env python
+"""Run the Vacbag auto-contouring DICOM node (Storage SCP + job queue + worker + export).
+
+Examples:
+    python scripts/serve_scp.py 11112 -aet VACSEG -od vacseg_node --destination tps.local:104:TPS
+    python scripts/serve_scp.py --config node.toml
+    python scripts/serve_scp.py -od vacseg_node --status
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from vacseg_monai.service.config import NodeConfig, parse_node_args
+from vacseg_monai.service.jobs import JobStore, format_status
+from vacseg_monai.service.scp import run_node
+
+
+def _setup_argparser(args: list[str] | None = None) -> tuple[NodeConfig, argparse.Namespace]:
+    """Parse the command line into the node configuration (and the raw namespace)."""
+    return parse_node_args(args, prog="serve_scp.py")
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the node until SIGINT/SIGTERM, or print the job list with --status."""
+    config, ns = _setup_argparser(args)
+    if ns.status:
+        print(format_status(JobStore(config.output_directory).jobs()))
+        return 0
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.log_level != "DEBUG":
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    run_node(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

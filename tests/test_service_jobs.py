@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vacseg_monai.service.jobs import JobState, JobStateError, JobStore, format_status, write_atomic
+
+
+def test_job_lifecycle_is_persisted_in_order(tmp_path):
+    store = JobStore(tmp_path)
+    a = store.create(study_uid="1.2.3", series_uid="1.2.3.4", calling_aet="CT1")
+    b = store.create(study_uid="1.2.3", series_uid="1.2.3.5")
+    assert [j.job_id for j in store.jobs()] == [a.job_id, b.job_id]  # arrival order
+    assert store.series_dir(a.job_id).is_dir()
+    store.transition(a.job_id, JobState.QUEUED, n_instances=3)
+    store.transition(a.job_id, "inferring", attempts=1)
+    store.transition(a.job_id, JobState.EXPORTING, outputs=["output/x.dcm"])
+    store.transition(a.job_id, JobState.DONE)
+    again = JobStore(tmp_path).load(a.job_id)  # a fresh store reads the same record
+    assert again.state is JobState.DONE
+    assert again.n_instances == 3 and again.outputs == ["output/x.dcm"] and again.calling_aet == "CT1"
+    assert [h["state"] for h in again.history] == ["received", "queued", "inferring", "exporting", "done"]
+    record = json.loads((store.job_dir(a.job_id) / "job.json").read_text())
+    assert record["state"] == "done"
+    assert [j.job_id for j in store.in_states(JobState.RECEIVED)] == [b.job_id]
+
+
+def test_finished_jobs_cannot_move_again(tmp_path):
+    store = JobStore(tmp_path)
+    job = store.create(study_uid="1.2", series_uid="1.2.3")
+    store.transition(job.job_id, JobState.FAILED, reason="no instance")
+    with pytest.raises(JobStateError, match="failed -> exporting is not allowed"):
+        store.transition(job.job_id, JobState.EXPORTING)
+    assert store.load(job.job_id).reason == "no instance"
+    with pytest.raises(JobStateError, match="received -> done is not allowed"):
+        store.transition(store.create(study_uid="1.2", series_uid="1.2.4").job_id, JobState.DONE)
+
+
+def test_unknown_job_and_bad_field(tmp_path):
+    store = JobStore(tmp_path)
+    with pytest.raises(JobStateError, match="No job record"):
+        store.load("nope")
+    job = store.create(study_uid="1.2", series_uid="1.2.3")
+    with pytest.raises(JobStateError, match="cannot set field 'colour'"):
+        store.transition(job.job_id, JobState.QUEUED, colour="red")
+
+
+def test_write_atomic_leaves_no_temporary_files(tmp_path):
+    target = tmp_path / "a.json"
+    write_atomic(target, b"one")
+    write_atomic(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_format_status_lists_states_and_reasons(tmp_path):
+    store = JobStore(tmp_path)
+    job = store.create(study_uid="1.2", series_uid="1.2.840.99")
+    store.transition(job.job_id, JobState.FAILED, reason="Series is not CT")
+    text = format_status(store.jobs())
+    assert job.job_id in text and "failed" in text and "Series is not CT" in text and "1.2.840.99" in text
+    assert "(no jobs)" in format_status([])

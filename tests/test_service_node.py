@@ -1,0 +1,250 @@
+"""End-to-end tests of the node with real DCMTK peers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from test_service_support import (
+    REPO,
+    TESTS_DIR,
+    StoreSCP,
+    echoscu,
+    free_port,
+    modalities,
+    needs_dcmtk,
+    storescu,
+    wait_until,
+    write_series,
+)
+from vacseg_monai.service.config import Destination, NodeConfig
+from vacseg_monai.service.jobs import JobState, JobStore
+from vacseg_monai.service.scp import DicomNode
+
+pytestmark = needs_dcmtk
+
+
+def make_node(tmp_path: Path, **overrides) -> DicomNode:
+    values = dict(
+        port=0, output_directory=tmp_path / "node", min_free_mb=0, series_timeout=0,
+        processor="test_service_support:FailOnDescriptionProcessor", export_retry_initial=0.25,
+        export_retry_max=1.0, export_timeout=30, acse_timeout=10, dimse_timeout=10, network_timeout=10,
+        log_level="INFO", processor_args={"use_read_series": False},
+    )
+    values.update(overrides)
+    return DicomNode(NodeConfig(**values))
+
+
+def jobs_in(store: JobStore, *states: JobState):
+    return [job for job in store.jobs() if job.state in states]
+
+
+def wait_finished(store: JobStore, n: int, timeout: float = 30):
+    return wait_until(lambda: len(jobs_in(store, JobState.DONE, JobState.FAILED)) >= n and store.jobs(),
+                      timeout, f"{n} finished jobs")
+
+
+@pytest.fixture
+def destination(tmp_path):
+    scp = StoreSCP(tmp_path / "dest").start()
+    try:
+        yield scp
+    finally:
+        scp.stop()
+
+
+def test_series_round_trip_with_echo_resend_and_non_ct(tmp_path, destination):
+    """echo; a series + its resend + a second series interleaved; a failing one; an MR object."""
+    a = write_series(tmp_path / "a", 3)
+    b = write_series(tmp_path / "b", 2, study_uid=str(dcmread(a[0]).StudyInstanceUID))
+    bad = write_series(tmp_path / "bad", 2, description="please fail")
+    mr = dcmread(a[0])
+    mr.Modality = "MR"
+    mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    mr.SeriesInstanceUID = generate_uid()
+    mr.SOPInstanceUID = mr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    (tmp_path / "mr").mkdir()
+    mr.save_as(tmp_path / "mr" / "mr.dcm")
+
+    node = make_node(tmp_path, destination=Destination("127.0.0.1", destination.port, destination.aet),
+                     export_series=True, processor_args={"use_read_series": True})
+    with node:
+        assert "Received Echo Response (Success)" in echoscu(node.port).stderr
+        result = storescu(node.port, [a[0], b[0], a[1], b[1], a[2], a[0]])  # interleaved + a resend
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.count("Received Store Response (Success)") == 6
+        assert storescu(node.port, bad).returncode == 0
+        assert storescu(node.port, [tmp_path / "mr" / "mr.dcm"]).returncode == 0
+        wait_finished(node.store, 4)
+        assert "Received Echo Response (Success)" in echoscu(node.port).stderr  # still answering
+        jobs = {job.series_uid: job for job in node.store.jobs()}
+        series_a = str(dcmread(a[0]).SeriesInstanceUID)
+        series_b = str(dcmread(b[0]).SeriesInstanceUID)
+        assert jobs[series_a].state is JobState.DONE and jobs[series_a].n_instances == 3
+        assert jobs[series_b].state is JobState.DONE and jobs[series_b].n_instances == 2
+        failed = jobs[str(dcmread(bad[0]).SeriesInstanceUID)]
+        assert failed.state is JobState.FAILED
+        assert failed.reason == f"ValueError: refusing series {dcmread(bad[0]).SeriesInstanceUID} as asked"
+        mr_job = jobs[str(mr.SeriesInstanceUID)]
+        assert mr_job.state is JobState.FAILED and "has Modality 'MR'" in mr_job.reason
+        # stored bytes are the bytes sent (no decode/re-encode): same pixel data and UIDs
+        stored = node.store.series_dir(jobs[series_a].job_id) / f"{dcmread(a[1]).SOPInstanceUID}.dcm"
+        assert dcmread(stored).PixelData == dcmread(a[1]).PixelData
+        # destination got 2 stand-in results + the 5 CT instances sent back
+        received = wait_until(lambda: len(destination.files()) >= 7 and destination.files(), 10, "7 files")
+        assert modalities(received) == ["CT"] * 5 + ["OT"] * 2
+
+
+def test_series_spread_over_associations_uses_quiet_timer(tmp_path):
+    files = write_series(tmp_path / "s", 4)
+    with make_node(tmp_path, series_timeout=1.5) as node:
+        assert storescu(node.port, files[:2]).returncode == 0
+        assert storescu(node.port, files[1:]).returncode == 0  # overlaps: one resend
+        assert [j.state for j in node.store.jobs()] == [JobState.RECEIVED]
+        job = wait_finished(node.store, 1, timeout=20)[0]
+        assert job.state is JobState.DONE and job.n_instances == 4
+        assert len(node.store.jobs()) == 1
+
+
+def test_allow_list_rejects_unknown_calling_aet(tmp_path):
+    with make_node(tmp_path, allowed_aet=["GOODSCU"], allowed_host=["127.0.0.1"]) as node:
+        assert "Received Echo Response (Success)" in echoscu(node.port, aet="GOODSCU").stderr
+        rejected = echoscu(node.port, aet="EVILSCU")
+        assert rejected.returncode != 0
+        assert "Association Rejected" in rejected.stderr and "Calling AE Title Not Recognized" in rejected.stderr
+    with make_node(tmp_path, allowed_host=["10.9.8.7"]) as node:
+        rejected = echoscu(node.port, aet="GOODSCU")
+        assert rejected.returncode != 0 and "Association Rejected" in rejected.stderr
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_hostile_uid_cannot_escape_and_disk_floor_refuses(tmp_path):
+    files = write_series(tmp_path / "s", 1)
+    ds = dcmread(files[0])
+    ds.SeriesInstanceUID = "1.2/../../../escaped"
+    hostile = tmp_path / "hostile.dcm"
+    ds.save_as(hostile)
+    with make_node(tmp_path) as node:
+        result = storescu(node.port, [hostile], verbosity="-d")
+        assert "0xc211" in result.stderr.lower(), result.stderr[-2000:]
+        assert not list(tmp_path.rglob("escaped*"))
+        assert node.store.jobs() == []
+    with make_node(tmp_path, min_free_mb=10**12) as node:
+        result = storescu(node.port, files, verbosity="-d")
+        assert "0xa700: Refused: Out of resources" in result.stderr
+        assert node.store.jobs() == []
+
+
+def test_destination_down_then_up(tmp_path, capfd):
+    files = write_series(tmp_path / "s", 2)
+    port = free_port()
+    dest = StoreSCP(tmp_path / "dest", port=port)
+    seen = []
+
+    def worker_log_has(text: str) -> bool:
+        seen.append(capfd.readouterr().err)  # the worker process logs to the inherited stderr
+        return text in "".join(seen)
+
+    try:
+        with make_node(tmp_path, destination=Destination("127.0.0.1", port, "DEST")) as node:
+            assert storescu(node.port, files).returncode == 0
+            wait_until(lambda: worker_log_has(f"Export attempt 2 to DEST@127.0.0.1:{port} failed"), 20,
+                       "two failed export attempts")
+            assert [j.state for j in node.store.jobs()] == [JobState.EXPORTING]
+            dest.start()
+            job = wait_finished(node.store, 1, timeout=20)[0]
+            assert job.state is JobState.DONE, job.reason
+            assert modalities(dest.files()) == ["OT"]
+    finally:
+        dest.stop()
+
+
+def test_destination_never_up_fails_job_and_keeps_files(tmp_path):
+    files = write_series(tmp_path / "s", 1)
+    with make_node(tmp_path, destination=Destination("127.0.0.1", free_port()), export_timeout=1.0) as node:
+        assert storescu(node.port, files).returncode == 0
+        job = wait_finished(node.store, 1, timeout=20)[0]
+        assert job.state is JobState.FAILED and job.reason.startswith("export failed: Gave up sending")
+        assert (node.store.job_dir(job.job_id) / job.outputs[0]).is_file()
+
+
+def _serve(tmp_path: Path, processor: str, dest_port: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    config = tmp_path / "node.toml"
+    config.write_text("min-free-mb = 0\nexport_retry_initial = 0.25\n[processor_args]\nuse_read_series = false\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(REPO)])}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "serve_scp.py"), str(port), "-od", str(tmp_path / "node"),
+         "--config", str(config), "--processor", processor, "--destination", f"127.0.0.1:{dest_port}:DEST", "-q"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    wait_until(lambda: proc.poll() is not None or "Echo Response (Success)" in echoscu(port).stderr, 30,
+               "node answering echo")
+    assert proc.poll() is None, proc.stderr.read()
+    return proc, port
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
+
+
+def test_kill_9_after_acknowledge_then_restart_exports_exactly_once(tmp_path, destination):
+    files = write_series(tmp_path / "s", 2)
+    proc, port = _serve(tmp_path, "test_service_support:BlockingProcessor", destination.port)
+    try:
+        assert storescu(port, files).returncode == 0
+        store = JobStore(tmp_path / "node")
+        wait_until(lambda: list(store.jobs_dir.glob("*/started")), 30, "processor started")
+        _kill_group(proc)  # node and worker die mid-job
+        assert [j.state for j in store.jobs()] == [JobState.INFERRING]
+        proc, port = _serve(tmp_path, "vacseg_monai.service.worker:StandInProcessor", destination.port)
+        job = wait_finished(store, 1, timeout=30)[0]
+        assert job.state is JobState.DONE and job.attempts == 2 and job.n_instances == 2
+        assert len(destination.files()) == 1
+        status = subprocess.run([sys.executable, str(REPO / "scripts" / "serve_scp.py"), "-od",
+                                 str(tmp_path / "node"), "--status"], capture_output=True, text=True, timeout=60)
+        assert job.job_id in status.stdout and " done " in status.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            pass
+        _kill_group(proc)
+    assert len(destination.files()) == 1  # not exported again on shutdown either
+
+
+def test_tls_store_with_certificate_made_by_openssl(tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    files = write_series(tmp_path / "s", 2)
+    from send_series import main as send_main  # scripts/ is on sys.path below
+
+    with make_node(tmp_path, tls_cert=cert, tls_key=key) as node:
+        assert send_main(["127.0.0.1", str(node.port), "-aec", "VACSEG", str(tmp_path / "s"),
+                          "--tls-ca", str(cert)]) == 0
+        job = wait_finished(node.store, 1, timeout=20)[0]
+        assert job.state is JobState.DONE and job.n_instances == 2
+        plain = storescu(node.port, files)  # a plain-TCP sender gets no association
+        assert plain.returncode != 0
+    assert len(node.store.jobs()) == 1
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _scripts_on_path():
+    sys.path.insert(0, str(REPO / "scripts"))
+    yield
+    sys.path.remove(str(REPO / "scripts"))

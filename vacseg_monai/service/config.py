@@ -1,0 +1,350 @@
+"""Configuration of the DICOM node: command-line options and TOML file, one dataclass.
+
+Options follow DCMTK/pynetdicom naming (positional ``port``, ``-aet``,
+``-od``, ``-ta/-td/-tn``, ``-q/-v/-d``) and keep the aliases of the original
+prototype (``--scp_port``, ``--scp_ip``, ``--storage_path``, ``--scu_ip``,
+``--scu_port``, ``--export_series True``). A TOML file given with
+``--config`` may set any long option, spelled with ``-`` or ``_``; options on
+the command line win over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import logging
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from vacseg_monai.service.uids import InvalidUIDError, sanitize_uid
+
+__all__ = [
+    "DEFAULT_PROCESSOR",
+    "Destination",
+    "NodeConfig",
+    "OutputKind",
+    "build_argument_parser",
+    "config_from_namespace",
+    "parse_bool",
+    "parse_destination",
+    "parse_node_args",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROCESSOR = "vacseg_monai.service.worker:StandInProcessor"
+
+
+class OutputKind(str, enum.Enum):
+    """What the node sends back: RT Structure Set, DICOM-SEG or both."""
+
+    RTSTRUCT = "rtstruct"
+    SEG = "seg"
+    BOTH = "both"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where results are sent (a Storage SCP).
+
+    Args:
+        host: host name or IP address.
+        port: TCP port, 1..65535.
+        ae_title: called AE title (default "ANY-SCP", as DCMTK).
+    """
+
+    host: str
+    port: int
+    ae_title: str = "ANY-SCP"
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass
+class NodeConfig:
+    """Everything the node needs; built from CLI options and/or a TOML file.
+
+    Args:
+        port: listen port (default 11112).
+        ae_title: our AE title (default "VACSEG").
+        bind_address: listen address (default "127.0.0.1").
+        output_directory: where jobs, series and outputs are kept (default "vacseg_node").
+        bundle: MONAI bundle directory handed to the processor factory.
+        processor: ``"module:factory"`` creating the processing callable in the worker.
+        processor_args: extra keyword arguments for the factory (TOML only).
+        destination: where results go; None keeps them on disk only.
+        output: which result objects the processor should produce (default rtstruct).
+        export_series: also send the received CT back (default False).
+        root_uid: UID root for generated UIDs (default None: pydicom's).
+        allowed_aet: calling AE titles accepted; empty accepts all.
+        allowed_host: peer IP addresses accepted; empty accepts all.
+        tls_cert: PEM certificate enabling TLS for the SCP and the export.
+        tls_key: PEM private key of ``tls_cert``.
+        tls_ca: PEM CA bundle; the SCP then requires client certificates and
+            the export verifies the destination.
+        series_timeout: seconds of quiet after an association ends before a
+            series counts as complete; 0 means complete at release (default 0).
+        acse_timeout: ``-ta`` seconds (default 30).
+        dimse_timeout: ``-td`` seconds (default 60).
+        network_timeout: ``-tn`` seconds (default 60).
+        min_free_mb: refuse instances with 0xA700 below this free space (default 500).
+        export_timeout: seconds of failed export attempts before a job fails (default 600).
+        export_retry_initial: first retry delay in seconds, doubled each time (default 1).
+        export_retry_max: longest retry delay in seconds (default 30).
+        modalities: modalities the worker processes; others fail (default CT).
+        log_level: logging level name for :func:`logging.basicConfig` (default INFO).
+    """
+
+    port: int = 11112
+    ae_title: str = "VACSEG"
+    bind_address: str = "127.0.0.1"
+    output_directory: Path = Path("vacseg_node")
+    bundle: Path = Path("bundles/vacbag_ct_segmentation")
+    processor: str = DEFAULT_PROCESSOR
+    processor_args: dict = field(default_factory=dict)
+    destination: Destination | None = None
+    output: OutputKind = OutputKind.RTSTRUCT
+    export_series: bool = False
+    root_uid: str | None = None
+    allowed_aet: list[str] = field(default_factory=list)
+    allowed_host: list[str] = field(default_factory=list)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    series_timeout: float = 0.0
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+    min_free_mb: float = 500.0
+    export_timeout: float = 600.0
+    export_retry_initial: float = 1.0
+    export_retry_max: float = 30.0
+    modalities: list[str] = field(default_factory=lambda: ["CT"])
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        self.port = _port(self.port, "port")
+        self.output_directory = Path(self.output_directory)
+        self.bundle = Path(self.bundle)
+        if isinstance(self.destination, str):
+            self.destination = parse_destination(self.destination)
+        self.output = OutputKind(self.output)
+        self.export_series = parse_bool(self.export_series)
+        if self.root_uid is not None:
+            try:
+                root = sanitize_uid(str(self.root_uid).rstrip("."), what="root_uid")
+            except InvalidUIDError as exc:
+                raise ValueError(f"`root_uid` is not a valid UID root: {exc}") from exc
+            if len(root) > 40:
+                raise ValueError(f"`root_uid` must be at most 40 characters to leave room, got {len(root)}.")
+            self.root_uid = root + "."
+        if not isinstance(self.ae_title, str) or not 0 < len(self.ae_title.strip()) <= 16:
+            raise ValueError(f"`ae_title` must be 1-16 characters, got {self.ae_title!r}.")
+        for name in ("tls_cert", "tls_key", "tls_ca"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, Path(value))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("`tls_cert` and `tls_key` must be given together.")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("`tls_ca` needs `tls_cert` and `tls_key` (TLS is enabled by the certificate).")
+        for name in (
+            "series_timeout", "acse_timeout", "dimse_timeout", "network_timeout", "min_free_mb",
+            "export_timeout", "export_retry_initial", "export_retry_max",
+        ):
+            value = float(getattr(self, name))
+            if value < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {value}.")
+            setattr(self, name, value)
+        self.allowed_aet = [str(v).strip() for v in self.allowed_aet]
+        self.allowed_host = [str(v) for v in self.allowed_host]
+        self.modalities = [str(v).upper() for v in self.modalities]
+        if not isinstance(self.processor, str) or ":" not in self.processor:
+            raise ValueError(f"`processor` must look like 'package.module:factory', got {self.processor!r}.")
+
+    @property
+    def tls_enabled(self) -> bool:
+        """True when a certificate is configured."""
+        return self.tls_cert is not None
+
+
+def _port(value: object, name: str) -> int:
+    try:
+        port = int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"`{name}` must be an integer, got {value!r}.") from exc
+    if not 0 <= port <= 65535:
+        raise ValueError(f"`{name}` must be in [0, 65535], got {port}.")
+    return port
+
+
+def parse_bool(value: object) -> bool:
+    """Parse "True"/"False"/"yes"/"no"/"1"/"0" (any case) or a bool.
+
+    Args:
+        value: the value to parse.
+
+    Raises:
+        ValueError: for anything else.
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise ValueError(f"Expected a boolean such as True or False, got {value!r}.")
+
+
+def parse_destination(text: str) -> Destination:
+    """Parse ``HOST:PORT[:AET]``.
+
+    Args:
+        text: the destination string.
+
+    Raises:
+        ValueError: if the port is missing or not an integer.
+    """
+    parts = str(text).split(":")
+    if len(parts) not in (2, 3) or not parts[0]:
+        raise ValueError(f"Destination must be HOST:PORT[:AET], got {text!r}.")
+    port = _port(parts[1], "destination port")
+    if len(parts) == 3 and parts[2]:
+        return Destination(parts[0], port, parts[2])
+    return Destination(parts[0], port)
+
+
+def _argparse_type(func):
+    def wrapped(text: str):
+        try:
+            return func(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    wrapped.__name__ = func.__name__
+    return wrapped
+
+
+def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Return the parser of ``scripts/serve_scp.py``.
+
+    Args:
+        prog: program name shown in usage (default: argparse's).
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Vacbag auto-contouring DICOM node: a Storage SCP that stores each CT "
+            "series, queues it on disk, runs the segmentation in a worker process "
+            "and sends RTSTRUCT/SEG results to a destination."
+        ),
+        usage="%(prog)s [options] [port]",
+    )
+    parser.add_argument("--config", metavar="FILE", type=Path, help="TOML file with any of the long options below (keys with - or _); command-line options win")
+    parser.add_argument("--status", action="store_true", help="list the jobs in the output directory with their states and exit")
+    verb = parser.add_mutually_exclusive_group()
+    verb.add_argument("-q", "--quiet", dest="log_level", action="store_const", const="WARNING", help="quiet mode, print warnings and errors only")
+    verb.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="INFO", help="verbose mode, print processing details (default)")
+    verb.add_argument("-d", "--debug", dest="log_level", action="store_const", const="DEBUG", help="debug mode, print debug information (pynetdicom too)")
+
+    net = parser.add_argument_group("Network")
+    net.add_argument("port_positional", nargs="?", metavar="port", type=_argparse_type(lambda v: _port(v, "port")), help="TCP/IP port number to listen on (default 11112)")
+    net.add_argument("--port", "--scp_port", dest="port", type=_argparse_type(lambda v: _port(v, "port")), help="same as the positional port")
+    net.add_argument("-aet", "--ae-title", dest="ae_title", metavar="AETITLE", help="our AE title (default VACSEG)")
+    net.add_argument("-ba", "--bind-address", "--scp_ip", dest="bind_address", metavar="ADDRESS", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    net.add_argument("--destination", metavar="HOST:PORT[:AET]", type=_argparse_type(parse_destination), help="Storage SCP receiving the results (called AE defaults to ANY-SCP); without it results stay on disk")
+    net.add_argument("--scu_ip", metavar="HOST", help="destination host (alias, with --scu_port, of --destination)")
+    net.add_argument("--scu_port", metavar="PORT", type=_argparse_type(lambda v: _port(v, "scu_port")), help="destination port (alias, with --scu_ip, of --destination)")
+    net.add_argument("--allowed-aet", dest="allowed_aet", action="append", metavar="AETITLE", help="accept associations only from this calling AE title (repeatable; default: any)")
+    net.add_argument("--allowed-host", dest="allowed_host", action="append", metavar="IP", help="accept associations only from this peer address (repeatable; default: any)")
+    net.add_argument("-ta", "--acse-timeout", dest="acse_timeout", type=float, metavar="SEC", help="timeout for ACSE messages (default 30)")
+    net.add_argument("-td", "--dimse-timeout", dest="dimse_timeout", type=float, metavar="SEC", help="timeout for DIMSE messages (default 60)")
+    net.add_argument("-tn", "--network-timeout", dest="network_timeout", type=float, metavar="SEC", help="timeout for the network (default 60)")
+
+    out = parser.add_argument_group("Output")
+    out.add_argument("-od", "--output-directory", "--storage_path", dest="output_directory", type=Path, metavar="DIR", help="directory for jobs, received series and results (default vacseg_node)")
+    out.add_argument("--output", choices=[k.value for k in OutputKind], help="result objects to produce: rtstruct, seg or both (default rtstruct)")
+    out.add_argument("--export-series", "--export_series", dest="export_series", nargs="?", const=True, type=_argparse_type(parse_bool), metavar="BOOL", help="also send the received CT series back to the destination (a bare flag means True; accepts True/False)")
+    out.add_argument("--root-uid", dest="root_uid", metavar="UID", help="UID root for generated series/instance UIDs (default: pydicom's root)")
+    out.add_argument("--min-free-mb", dest="min_free_mb", type=float, metavar="MB", help="refuse instances with status 0xA700 when the output disk has less free space (default 500)")
+    out.add_argument("--export-timeout", dest="export_timeout", type=float, metavar="SEC", help="keep retrying an unreachable destination this long, then fail the job and keep its files (default 600)")
+    out.add_argument("--export-retry-initial", dest="export_retry_initial", type=float, metavar="SEC", help="first delay between export attempts, doubled up to --export-retry-max (default 1)")
+    out.add_argument("--export-retry-max", dest="export_retry_max", type=float, metavar="SEC", help="longest delay between export attempts (default 30)")
+
+    proc = parser.add_argument_group("Processing")
+    proc.add_argument("--bundle", type=Path, metavar="DIR", help="MONAI bundle used by the processor (default bundles/vacbag_ct_segmentation)")
+    proc.add_argument("--processor", metavar="MODULE:FACTORY", help=f"factory creating the processing callable in the worker (default {DEFAULT_PROCESSOR})")
+    proc.add_argument("--series-timeout", dest="series_timeout", type=float, metavar="SEC", help="a series is complete this many seconds after the last association that sent to it ended, if nothing more arrives; 0 = at release (default 0)")
+    proc.add_argument("--modalities", action="append", metavar="MOD", help="modality accepted for processing (repeatable; default CT); other series end as failed jobs")
+
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--tls-cert", dest="tls_cert", type=Path, metavar="PEM", help="certificate (PEM): enables TLS for the SCP and the export")
+    tls.add_argument("--tls-key", dest="tls_key", type=Path, metavar="PEM", help="private key (PEM) of --tls-cert")
+    tls.add_argument("--tls-ca", dest="tls_ca", type=Path, metavar="PEM", help="CA certificates (PEM): the SCP then requires client certificates and the export verifies the destination")
+    return parser
+
+
+_CLI_ONLY = {"config", "status", "port_positional", "scu_ip", "scu_port"}
+
+
+def _load_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ValueError(f"Cannot read config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"Config file {path} is not valid TOML: {exc}") from exc
+    known = {f.name for f in fields(NodeConfig)} | {"scu_ip", "scu_port", "scp_port", "scp_ip", "storage_path"}
+    aliases = {"scp_port": "port", "scp_ip": "bind_address", "storage_path": "output_directory"}
+    result = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ValueError(f"Config file {path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}.")
+        result[aliases.get(name, name)] = value
+    return result
+
+
+def config_from_namespace(ns: argparse.Namespace) -> NodeConfig:
+    """Merge parsed options with the TOML file named by ``ns.config``.
+
+    Args:
+        ns: the namespace from :func:`build_argument_parser`.
+
+    Raises:
+        ValueError: for an unknown TOML key, conflicting ports or any invalid value.
+    """
+    values: dict = _load_toml(ns.config) if getattr(ns, "config", None) else {}
+    cli = {k: v for k, v in vars(ns).items() if v is not None and k not in _CLI_ONLY}
+    if ns.port_positional is not None:
+        if ns.port is not None and ns.port != ns.port_positional:
+            raise ValueError(f"Conflicting ports: positional {ns.port_positional} and --port {ns.port}.")
+        cli["port"] = ns.port_positional
+    scu_ip = ns.scu_ip if ns.scu_ip is not None else values.pop("scu_ip", None)
+    scu_port = ns.scu_port if ns.scu_port is not None else values.pop("scu_port", None)
+    if (scu_ip is None) != (scu_port is None):
+        raise ValueError("--scu_ip and --scu_port must be given together (or use --destination HOST:PORT[:AET]).")
+    if scu_ip is not None and "destination" not in cli:
+        cli["destination"] = Destination(str(scu_ip), _port(scu_port, "scu_port"))
+    values.update(cli)
+    return NodeConfig(**values)
+
+
+def parse_node_args(args: list[str] | None = None, prog: str | None = None) -> tuple[NodeConfig, argparse.Namespace]:
+    """Parse a command line into a :class:`NodeConfig`; errors exit like argparse.
+
+    Args:
+        args: the arguments (default ``sys.argv[1:]``).
+        prog: program name for usage messages.
+    """
+    parser = build_argument_parser(prog)
+    ns = parser.parse_args(args)
+    try:
+        return config_from_namespace(ns), ns
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits

@@ -1,0 +1,324 @@
+"""Persistent job queue: one directory and one JSON record per series job.
+
+Layout under the node's output directory::
+
+    jobs/<job_id>/job.json      the record (state, history, reason, outputs)
+    jobs/<job_id>/series/       the received instances, <SOPInstanceUID>.dcm
+    jobs/<job_id>/output/       what the processor wrote
+
+``job_id`` starts with the arrival time in nanoseconds, so sorting ids gives
+arrival order. Every state change rewrites ``job.json`` atomically (temporary
+file, fsync, :func:`os.replace`, fsync of the directory): after a crash, even
+``kill -9``, each record is either the old or the new version, never half.
+
+States::
+
+    received -> queued -> inferring -> exporting -> done
+         \\          \\          \\            \\-> failed (reason recorded)
+
+``inferring`` and ``exporting`` may be re-entered when a restarted node resumes
+a job; ``done`` and ``failed`` are final, so a finished job is never exported
+again.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "Job",
+    "JobState",
+    "JobStateError",
+    "JobStore",
+    "PENDING_STATES",
+    "format_status",
+    "write_atomic",
+]
+
+logger = logging.getLogger(__name__)
+
+RECORD_NAME = "job.json"
+
+
+class JobState(str, enum.Enum):
+    """Lifecycle of a series job."""
+
+    RECEIVED = "received"
+    QUEUED = "queued"
+    INFERRING = "inferring"
+    EXPORTING = "exporting"
+    DONE = "done"
+    FAILED = "failed"
+
+
+PENDING_STATES = (JobState.QUEUED, JobState.INFERRING, JobState.EXPORTING)
+
+_ALLOWED: dict[JobState, tuple[JobState, ...]] = {
+    JobState.RECEIVED: (JobState.QUEUED, JobState.FAILED),
+    JobState.QUEUED: (JobState.INFERRING, JobState.FAILED),
+    JobState.INFERRING: (JobState.INFERRING, JobState.EXPORTING, JobState.DONE, JobState.FAILED),
+    JobState.EXPORTING: (JobState.EXPORTING, JobState.DONE, JobState.FAILED),
+    JobState.DONE: (),
+    JobState.FAILED: (),
+}
+
+
+class JobStateError(RuntimeError):
+    """A job record is missing, unreadable or asked for a transition its state forbids."""
+
+
+@dataclass
+class Job:
+    """One series job as stored in ``job.json``.
+
+    Args:
+        job_id: arrival-ordered identifier, also the directory name.
+        study_uid: sanitised StudyInstanceUID.
+        series_uid: sanitised SeriesInstanceUID.
+        calling_aet: AE title of the sender of the first instance.
+        state: current :class:`JobState`.
+        created: UNIX time the first instance arrived.
+        updated: UNIX time of the last state change.
+        reason: why the job failed, None otherwise.
+        n_instances: number of distinct instances stored.
+        outputs: files to export, relative to the job directory.
+        attempts: how many times inference was started (a crash loop guard).
+        history: ``{"state", "time"}`` entries, oldest first.
+    """
+
+    job_id: str
+    study_uid: str
+    series_uid: str
+    calling_aet: str = ""
+    state: JobState = JobState.RECEIVED
+    created: float = 0.0
+    updated: float = 0.0
+    reason: str | None = None
+    n_instances: int = 0
+    outputs: list[str] = field(default_factory=list)
+    attempts: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Return the JSON-serialisable record."""
+        data = asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Job:
+        """Build a job from a record read from disk.
+
+        Args:
+            data: the decoded ``job.json``.
+
+        Raises:
+            JobStateError: if a required key is missing or the state is unknown.
+        """
+        try:
+            fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+            fields["state"] = JobState(data["state"])
+            return cls(**fields)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise JobStateError(f"Invalid job record {data.get('job_id', '?')!r}: {exc}") from exc
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old or the new file.
+
+    Args:
+        path: destination file; its directory must exist.
+        data: the complete new content.
+
+    Raises:
+        OSError: if writing or renaming fails (the temporary file is removed).
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory so that a rename or a new entry in it is durable.
+
+    Args:
+        directory: the directory to sync.
+    """
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class JobStore:
+    """The on-disk job queue; safe to use from several processes for different jobs.
+
+    Each job is written by one party at a time (the SCP while ``received``,
+    the worker afterwards), so no cross-process locking is needed.
+
+    Args:
+        root: the node's output directory; jobs live in ``root/jobs``.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.jobs_dir = self.root / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+
+    def job_dir(self, job_id: str) -> Path:
+        """Directory of one job."""
+        return self.jobs_dir / job_id
+
+    def series_dir(self, job_id: str) -> Path:
+        """Directory holding the received instances of one job."""
+        return self.job_dir(job_id) / "series"
+
+    def output_dir(self, job_id: str) -> Path:
+        """Directory where the processor writes its outputs."""
+        return self.job_dir(job_id) / "output"
+
+    def create(self, *, study_uid: str, series_uid: str, calling_aet: str = "") -> Job:
+        """Create a new job in state ``received`` with an empty series directory.
+
+        Args:
+            study_uid: sanitised StudyInstanceUID.
+            series_uid: sanitised SeriesInstanceUID.
+            calling_aet: AE title of the sender (default "").
+        """
+        now = time.time()
+        job_id = f"{time.time_ns():020d}-{secrets.token_hex(3)}"
+        job = Job(
+            job_id=job_id,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            calling_aet=calling_aet,
+            created=now,
+            updated=now,
+            history=[{"state": JobState.RECEIVED.value, "time": now}],
+        )
+        self.job_dir(job_id).mkdir(parents=True)
+        self.save(job)
+        self.series_dir(job_id).mkdir()
+        fsync_dir(self.job_dir(job_id))
+        fsync_dir(self.jobs_dir)
+        logger.info("Job %s created for series %s", job_id, series_uid)
+        return job
+
+    def save(self, job: Job) -> None:
+        """Write the record of ``job`` atomically.
+
+        Args:
+            job: the job to persist.
+        """
+        payload = json.dumps(job.to_dict(), indent=1, sort_keys=True).encode()
+        write_atomic(self.job_dir(job.job_id) / RECORD_NAME, payload)
+
+    def load(self, job_id: str) -> Job:
+        """Read one job record.
+
+        Args:
+            job_id: the job to read.
+
+        Raises:
+            JobStateError: if the record does not exist or cannot be decoded.
+        """
+        path = self.job_dir(job_id) / RECORD_NAME
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError as exc:
+            raise JobStateError(f"No job record at {path}.") from exc
+        except (OSError, ValueError) as exc:
+            raise JobStateError(f"Cannot read job record {path}: {exc}") from exc
+        return Job.from_dict(data)
+
+    def transition(self, job_id: str, state: JobState | str, *, reason: str | None = None, **fields) -> Job:
+        """Move a job to ``state`` and persist it atomically.
+
+        Args:
+            job_id: the job to change.
+            state: the new state.
+            reason: failure reason, stored with ``failed`` (default None).
+            **fields: other :class:`Job` fields to update in the same write
+                (e.g. ``n_instances``, ``outputs``, ``attempts``).
+
+        Raises:
+            JobStateError: if the transition is not allowed from the current state.
+        """
+        state = JobState(state)
+        job = self.load(job_id)
+        if state not in _ALLOWED[job.state]:
+            raise JobStateError(
+                f"Job {job_id}: transition {job.state.value} -> {state.value} is not allowed."
+            )
+        for key, value in fields.items():
+            if key not in Job.__dataclass_fields__ or key in ("job_id", "state", "history"):
+                raise JobStateError(f"Job {job_id}: cannot set field {key!r}.")
+            setattr(job, key, value)
+        now = time.time()
+        job.state = state
+        job.updated = now
+        if reason is not None:
+            job.reason = reason
+        entry = {"state": state.value, "time": now}
+        if reason is not None:
+            entry["reason"] = reason
+        job.history.append(entry)
+        self.save(job)
+        log = logger.warning if state is JobState.FAILED else logger.info
+        log("Job %s -> %s%s", job_id, state.value, f" ({reason})" if reason else "")
+        return job
+
+    def jobs(self) -> list[Job]:
+        """All readable jobs in arrival order; unreadable records are logged and skipped."""
+        result = []
+        for entry in sorted(self.jobs_dir.iterdir()):
+            if not entry.is_dir():
+                continue
+            try:
+                result.append(self.load(entry.name))
+            except JobStateError:
+                logger.exception("Skipping job directory %s", entry)
+        return result
+
+    def in_states(self, *states: JobState) -> list[Job]:
+        """Jobs whose state is one of ``states``, in arrival order.
+
+        Args:
+            *states: the states to select.
+        """
+        return [job for job in self.jobs() if job.state in states]
+
+
+def format_status(jobs: list[Job]) -> str:
+    """Return a plain-text table of jobs for ``serve_scp.py --status``.
+
+    Args:
+        jobs: jobs to list, usually :meth:`JobStore.jobs`.
+    """
+    header = f"{'JOB':<27} {'STATE':<9} {'N':>4} {'UPDATED':<19} {'SERIES':<40} REASON"
+    lines = [header]
+    for job in jobs:
+        updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.updated))
+        lines.append(
+            f"{job.job_id:<27} {job.state.value:<9} {job.n_instances:>4} {updated:<19} "
+            f"{job.series_uid:<40} {job.reason or ''}"
+        )
+    if not jobs:
+        lines.append("(no jobs)")
+    return "\n".join(lines)

@@ -1,0 +1,459 @@
+"""The Storage SCP of the node: store, fsync, acknowledge, assemble series, enqueue.
+
+The SCP never runs the model. A C-STORE is acknowledged with success only after
+the bytes received from the peer (written as they came, with file meta, not
+decoded and re-encoded) are on disk and fsync'ed under
+``jobs/<job_id>/series/<SOPInstanceUID>.dcm``. A series is complete when the
+last association that sent to it ends (release, abort or dropped connection),
+or ``series_timeout`` seconds after that if nothing more arrives, so a sender
+may spread a series over several associations. The complete job is marked
+``queued`` on disk and the worker process is woken.
+
+Handlers receive their dependencies through the ``evt_handlers`` binding
+arguments; there is no module state.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import secrets
+import shutil
+import signal
+import ssl
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+from vacseg_monai.service.config import NodeConfig
+from vacseg_monai.service.jobs import JobState, JobStore, fsync_dir
+from vacseg_monai.service.uids import InvalidUIDError, sanitize_uid
+from vacseg_monai.service.worker import WorkerProcess
+
+__all__ = [
+    "DicomNode",
+    "SeriesAssembler",
+    "StoreStatus",
+    "handle_association_end",
+    "handle_requested",
+    "handle_store",
+    "make_server_ssl_context",
+    "run_node",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class StoreStatus(enum.IntEnum):
+    """C-STORE response statuses this SCP sends (PS3.4 Table B.2-1 ranges)."""
+
+    SUCCESS = 0x0000
+    OUT_OF_RESOURCES = 0xA700  # free disk below --min-free-mb
+    WRITE_FAILED = 0xA701  # OSError while writing/fsync'ing (Out of Resources range)
+    CANNOT_UNDERSTAND = 0xC210  # data set cannot be decoded
+    INVALID_UID = 0xC211  # Study/Series/SOP Instance UID invalid (e.g. path characters)
+    MISSING_ATTRIBUTE = 0xC212  # Study/Series/SOP Instance UID missing
+    PROCESSING_FAILURE = 0x0110  # anything unexpected
+
+
+@dataclass
+class _OpenSeries:
+    job_id: str
+    sop_uids: set[str] = field(default_factory=set)
+    associations: set[int] = field(default_factory=set)
+    timer: threading.Timer | None = None
+
+
+class SeriesAssembler:
+    """Groups stored instances into series jobs and decides when a series is complete.
+
+    Args:
+        store: the job store.
+        on_complete: called with the job id once a job is ``queued``.
+        series_timeout: seconds to wait after the last association of a series
+            ended before completing it; 0 completes at once (default 0).
+        min_free_mb: refuse instances below this free space (default 0).
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        on_complete: Callable[[str], None],
+        *,
+        series_timeout: float = 0.0,
+        min_free_mb: float = 0.0,
+    ) -> None:
+        self.store = store
+        self.on_complete = on_complete
+        self.series_timeout = float(series_timeout)
+        self.min_free_bytes = int(min_free_mb * 1024 * 1024)
+        self._lock = threading.Lock()
+        self._open: dict[tuple[str, str], _OpenSeries] = {}
+        self._by_association: dict[int, set[tuple[str, str]]] = {}
+        self._closed = False
+
+    def free_space_ok(self) -> bool:
+        """True if the output directory's file system has more than the floor free."""
+        return shutil.disk_usage(self.store.root).free >= self.min_free_bytes
+
+    def store_instance(
+        self, association: int, calling_aet: str, study_uid: str, series_uid: str, sop_uid: str, data: bytes
+    ) -> bool:
+        """Write one instance durably into its series job.
+
+        Args:
+            association: identifier of the association the instance came on.
+            calling_aet: the sender's AE title (recorded on a new job).
+            study_uid: sanitised StudyInstanceUID.
+            series_uid: sanitised SeriesInstanceUID.
+            sop_uid: sanitised SOPInstanceUID, the file name.
+            data: the encoded instance with preamble and file meta.
+
+        Returns:
+            True if written, False if it was a duplicate of an instance already
+            stored in the open series (a resend; nothing written).
+
+        Raises:
+            OSError: if writing fails; the instance is then not recorded.
+        """
+        key = (study_uid, series_uid)
+        with self._lock:
+            series = self._open.get(key)
+            if series is None:
+                job = self.store.create(study_uid=study_uid, series_uid=series_uid, calling_aet=calling_aet)
+                series = self._open[key] = _OpenSeries(job.job_id)
+            if series.timer is not None:
+                series.timer.cancel()
+                series.timer = None
+            series.associations.add(association)
+            self._by_association.setdefault(association, set()).add(key)
+            if sop_uid in series.sop_uids:
+                return False
+            series.sop_uids.add(sop_uid)
+            job_id = series.job_id
+        try:
+            _write_durably(self.store.series_dir(job_id) / f"{sop_uid}.dcm", data)
+        except BaseException:
+            with self._lock:
+                series.sop_uids.discard(sop_uid)
+            raise
+        return True
+
+    def association_ended(self, association: int) -> None:
+        """Note that an association ended; complete or arm the timer of its series.
+
+        Idempotent: release, abort and connection close may all report it.
+
+        Args:
+            association: identifier passed to :meth:`store_instance`.
+        """
+        to_close = []
+        with self._lock:
+            for key in self._by_association.pop(association, set()):
+                series = self._open.get(key)
+                if series is None:
+                    continue
+                series.associations.discard(association)
+                if series.associations:
+                    continue
+                if self.series_timeout <= 0:
+                    to_close.append(self._open.pop(key))
+                else:
+                    token = secrets.token_hex(4)
+                    timer = threading.Timer(self.series_timeout, self._timer_fired, args=(key, series, token))
+                    timer.daemon = True
+                    series.timer = timer
+                    timer.token = token  # type: ignore[attr-defined]
+                    if not self._closed:
+                        timer.start()
+        for series in to_close:
+            self._complete(series)
+
+    def _timer_fired(self, key: tuple[str, str], series: _OpenSeries, token: str) -> None:
+        with self._lock:
+            current = self._open.get(key)
+            if (
+                current is not series
+                or series.associations
+                or series.timer is None
+                or getattr(series.timer, "token", None) != token
+            ):
+                return
+            self._open.pop(key)
+        self._complete(series)
+
+    def _complete(self, series: _OpenSeries) -> None:
+        try:
+            self.store.transition(series.job_id, JobState.QUEUED, n_instances=len(series.sop_uids))
+        except Exception:
+            logger.exception("Cannot queue job %s", series.job_id)
+            return
+        self.on_complete(series.job_id)
+
+    def recover(self) -> list[str]:
+        """Queue jobs left in ``received`` by a previous run (their senders are gone).
+
+        Returns:
+            The ids of the jobs queued.
+        """
+        queued = []
+        for job in self.store.in_states(JobState.RECEIVED):
+            series_dir = self.store.series_dir(job.job_id)
+            if series_dir.is_dir():
+                for tmp in series_dir.glob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
+                n = len(list(series_dir.glob("*.dcm")))
+            else:
+                n = 0
+            if n == 0:
+                self.store.transition(job.job_id, JobState.FAILED, reason="no instance was stored before the node stopped")
+                continue
+            self.store.transition(job.job_id, JobState.QUEUED, n_instances=n)
+            logger.info("Recovered job %s with %d instances from a previous run", job.job_id, n)
+            queued.append(job.job_id)
+        return queued
+
+    def close(self) -> None:
+        """Cancel the series timers; open series stay ``received`` and are recovered at next start."""
+        with self._lock:
+            self._closed = True
+            for series in self._open.values():
+                if series.timer is not None:
+                    series.timer.cancel()
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def handle_store(event: evt.Event, assembler: SeriesAssembler) -> int:
+    """EVT_C_STORE handler: store durably, then acknowledge.
+
+    Args:
+        event: the pynetdicom event.
+        assembler: the node's :class:`SeriesAssembler` (bound via ``evt_handlers``).
+
+    Returns:
+        A :class:`StoreStatus` value.
+    """
+    assoc = event.assoc
+    peer = f"{assoc.requestor.ae_title}@{assoc.requestor.address}"
+    try:
+        if not assembler.free_space_ok():
+            logger.error(
+                "Refusing instance from %s: free space on %s below the floor of %d MiB",
+                peer, assembler.store.root, assembler.min_free_bytes // (1024 * 1024),
+            )
+            return StoreStatus.OUT_OF_RESOURCES
+    except OSError:
+        logger.exception("Cannot check free space on %s", assembler.store.root)
+        return StoreStatus.OUT_OF_RESOURCES
+    try:
+        ds = event.dataset
+        raw = {name: ds.get(name) for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+    except Exception:
+        logger.exception("Cannot decode the data set sent by %s", peer)
+        return StoreStatus.CANNOT_UNDERSTAND
+    missing = [name for name, value in raw.items() if value in (None, "")]
+    if missing:
+        logger.error("Refusing instance from %s: missing %s", peer, ", ".join(missing))
+        return StoreStatus.MISSING_ATTRIBUTE
+    try:
+        uids = {name: sanitize_uid(value, what=name) for name, value in raw.items()}
+    except InvalidUIDError:
+        logger.exception("Refusing instance from %s with an invalid UID", peer)
+        return StoreStatus.INVALID_UID
+    try:
+        data = event.encoded_dataset(include_meta=True)
+        written = assembler.store_instance(
+            id(assoc), assoc.requestor.ae_title, uids["StudyInstanceUID"], uids["SeriesInstanceUID"],
+            uids["SOPInstanceUID"], data,
+        )
+    except OSError:
+        logger.exception("Cannot write instance %s from %s", uids["SOPInstanceUID"], peer)
+        return StoreStatus.WRITE_FAILED
+    except Exception:
+        logger.exception("Unexpected failure storing instance %s from %s", uids["SOPInstanceUID"], peer)
+        return StoreStatus.PROCESSING_FAILURE
+    if not written:
+        logger.info("Duplicate instance %s from %s ignored", uids["SOPInstanceUID"], peer)
+    else:
+        logger.debug("Stored %s of series %s", uids["SOPInstanceUID"], uids["SeriesInstanceUID"])
+    return StoreStatus.SUCCESS
+
+
+def handle_requested(event: evt.Event, allowed_aet: list[str], allowed_host: list[str]) -> None:
+    """EVT_REQUESTED handler: reject peers not on the allow-lists.
+
+    Args:
+        event: the pynetdicom event.
+        allowed_aet: accepted calling AE titles; empty accepts any.
+        allowed_host: accepted peer addresses; empty accepts any.
+    """
+    assoc = event.assoc
+    calling = assoc.requestor.primitive.calling_ae_title.strip()
+    address = assoc.requestor.address
+    if allowed_host and address not in allowed_host:
+        logger.warning("Rejecting association from %s (%s): address not in --allowed-host", address, calling)
+        assoc.acse.send_reject(0x01, 0x01, 0x01)
+        assoc.kill()  # lets the DUL flush the A-ASSOCIATE-RJ before the socket closes
+    elif allowed_aet and calling not in allowed_aet:
+        logger.warning("Rejecting association from %s (%s): calling AE title not in --allowed-aet", address, calling)
+        assoc.acse.send_reject(0x01, 0x01, 0x03)
+        assoc.kill()
+
+
+def handle_association_end(event: evt.Event, assembler: SeriesAssembler) -> None:
+    """EVT_RELEASED / EVT_ABORTED / EVT_CONN_CLOSE handler: let the assembler complete series.
+
+    Args:
+        event: the pynetdicom event.
+        assembler: the node's :class:`SeriesAssembler`.
+    """
+    assembler.association_ended(id(event.assoc))
+
+
+def make_server_ssl_context(cert: Path, key: Path, ca: Path | None = None) -> ssl.SSLContext:
+    """TLS context for the SCP; with ``ca`` the peer must present a certificate it signed.
+
+    Args:
+        cert: PEM certificate.
+        key: PEM private key.
+        ca: PEM CA bundle for client authentication (default None: no client certificate).
+
+    Raises:
+        ValueError: if a file cannot be loaded.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+        if ca is not None:
+            context.load_verify_locations(cafile=str(ca))
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"Cannot load TLS files cert={cert} key={key} ca={ca}: {exc}") from exc
+    return context
+
+
+class DicomNode:
+    """The running node: job store, SCP server and worker process.
+
+    Args:
+        config: the node configuration.
+    """
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.store = JobStore(config.output_directory)
+        self.worker = WorkerProcess(config)
+        self.assembler = SeriesAssembler(
+            self.store, self.worker.submit, series_timeout=config.series_timeout, min_free_mb=config.min_free_mb
+        )
+        self._server = None
+        self._stop = threading.Event()
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        if self._server is None:
+            raise RuntimeError("The node is not started; call start() first.")
+        return self._server.server_address[1]
+
+    def start(self) -> None:
+        """Recover unfinished jobs, start the worker, then listen."""
+        cfg = self.config
+        self.assembler.recover()
+        self.worker.start()
+        ae = AE(ae_title=cfg.ae_title)
+        ae.acse_timeout = cfg.acse_timeout
+        ae.dimse_timeout = cfg.dimse_timeout
+        ae.network_timeout = cfg.network_timeout
+        ae.maximum_pdu_size = 0
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        handlers = [
+            (evt.EVT_C_STORE, handle_store, [self.assembler]),
+            (evt.EVT_REQUESTED, handle_requested, [cfg.allowed_aet, cfg.allowed_host]),
+            (evt.EVT_RELEASED, handle_association_end, [self.assembler]),
+            (evt.EVT_ABORTED, handle_association_end, [self.assembler]),
+            (evt.EVT_CONN_CLOSE, handle_association_end, [self.assembler]),
+        ]
+        ssl_context = None
+        if cfg.tls_enabled:
+            ssl_context = make_server_ssl_context(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+        self._server = ae.start_server(
+            (cfg.bind_address, cfg.port), block=False, evt_handlers=handlers, ssl_context=ssl_context
+        )
+        self._ae = ae
+        logger.info(
+            "%s listening on %s:%d%s, output %s, destination %s",
+            cfg.ae_title, cfg.bind_address, self.port, " (TLS)" if ssl_context else "",
+            cfg.output_directory, cfg.destination or "none",
+        )
+
+    def request_stop(self) -> None:
+        """Ask :meth:`wait` to return (safe from a signal handler)."""
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until :meth:`request_stop`; returns True if stop was requested.
+
+        Args:
+            timeout: seconds to wait (default None: forever).
+        """
+        return self._stop.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop listening, cancel series timers and stop the worker.
+
+        Args:
+            timeout: seconds to wait for the worker to finish its job (default 10).
+        """
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self.assembler.close()
+        self.worker.stop(timeout)
+
+    def __enter__(self) -> DicomNode:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def run_node(config: NodeConfig) -> None:
+    """Run the node until SIGINT/SIGTERM.
+
+    Args:
+        config: the node configuration.
+    """
+    node = DicomNode(config)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: node.request_stop())
+    node.start()
+    try:
+        node.wait()
+    finally:
+        logger.info("Stopping")
+        node.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

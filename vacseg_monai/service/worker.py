@@ -1,0 +1,374 @@
+"""The worker process: loads the processor once, runs queued jobs in arrival order, exports.
+
+The processor is pluggable: ``config.processor`` names a factory
+``"package.module:callable"`` that is called once in the worker as
+``factory(bundle=..., output=..., root_uid=..., **config.processor_args)`` and
+returns a callable ``processor(series_dir: Path, job_dir: Path) -> list[Path]``
+giving the DICOM files to export. An exception from it fails the job with the
+reason recorded; the worker carries on with the next job.
+
+The disk is the queue: the worker is woken through a pipe but always takes the
+oldest pending job from :class:`~vacseg_monai.service.jobs.JobStore`, so jobs
+left ``queued``, ``inferring`` or ``exporting`` by a crash are resumed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import threading
+from pathlib import Path
+from typing import Callable, Protocol
+
+from vacseg_monai.service.config import NodeConfig
+from vacseg_monai.service.jobs import PENDING_STATES, Job, JobState, JobStore
+
+__all__ = [
+    "MAX_ATTEMPTS",
+    "Processor",
+    "ProcessorError",
+    "StandInProcessor",
+    "WorkerProcess",
+    "check_modalities",
+    "load_processor",
+    "process_job",
+    "worker_main",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+
+
+class Processor(Protocol):
+    """What a processor factory returns."""
+
+    def __call__(self, series_dir: Path, job_dir: Path) -> list[Path]: ...
+
+
+class ProcessorError(RuntimeError):
+    """A processor could not be loaded or produced unusable output."""
+
+
+def load_processor(spec: str, **kwargs) -> Processor:
+    """Create the processor named by ``spec``.
+
+    Args:
+        spec: ``"package.module:factory"``.
+        **kwargs: keyword arguments for the factory.
+
+    Raises:
+        ProcessorError: if the module or attribute cannot be found or the factory fails.
+    """
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ProcessorError(f"Cannot import processor factory {spec!r}: {exc}") from exc
+    try:
+        return factory(**kwargs)
+    except Exception as exc:
+        raise ProcessorError(f"Processor factory {spec!r} failed: {exc}") from exc
+
+
+def check_modalities(series_dir: Path, modalities: list[str]) -> None:
+    """Raise if any instance in ``series_dir`` has a modality not in ``modalities``.
+
+    Args:
+        series_dir: the job's series directory.
+        modalities: accepted Modality values, e.g. ``["CT"]``.
+
+    Raises:
+        ProcessorError: naming the first offending file and its modality.
+    """
+    from pydicom import dcmread
+
+    files = sorted(series_dir.glob("*.dcm"))
+    if not files:
+        raise ProcessorError(f"No instances in {series_dir}.")
+    for path in files:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+        modality = str(ds.get("Modality", ""))
+        if modality not in modalities:
+            raise ProcessorError(
+                f"Series is not {'/'.join(modalities)}: {path.name} has Modality {modality!r}."
+            )
+
+
+class StandInProcessor:
+    """Processor used until the bundle processor exists, and in tests.
+
+    Reads the series (with :func:`vacseg_monai.dicom.series.read_series` when
+    that module is present, otherwise the headers only) and writes one small
+    Secondary Capture instance in the same study as its "result".
+
+    Args:
+        root_uid: UID root for the generated UIDs (default None: pydicom's).
+        use_read_series: validate the series with ``read_series`` (imports
+            MONAI once, at construction); False reads headers only (default True).
+        **_: other factory arguments (bundle, output) are accepted and ignored.
+    """
+
+    def __init__(self, *, root_uid: str | None = None, use_read_series: bool = True, **_: object) -> None:
+        self.root_uid = root_uid
+        self._read_series = None
+        if use_read_series:
+            try:
+                from vacseg_monai.dicom.series import read_series  # others own it
+            except ImportError:
+                logger.warning("vacseg_monai.dicom.series not available; the stand-in reads headers only")
+            else:
+                self._read_series = read_series
+
+    def __call__(self, series_dir: Path, job_dir: Path) -> list[Path]:
+        import numpy as np
+        from pydicom import dcmread
+        from pydicom.dataset import Dataset, FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+        files = sorted(series_dir.glob("*.dcm"))
+        if self._read_series is not None:
+            series = self._read_series(series_dir)
+            logger.info("Stand-in read %s: volume %s", series.series_instance_uid, tuple(series.volume.shape))
+        first = dcmread(files[0], stop_before_pixels=True)
+        out_dir = job_dir / "output"
+        out_dir.mkdir(exist_ok=True)
+        ds = Dataset()
+        ds.SOPClassUID = SecondaryCaptureImageStorage
+        ds.SOPInstanceUID = generate_uid(prefix=self.root_uid)
+        ds.StudyInstanceUID = first.StudyInstanceUID
+        ds.SeriesInstanceUID = generate_uid(prefix=self.root_uid)
+        ds.PatientID = first.get("PatientID", "")
+        ds.PatientName = first.get("PatientName", "")
+        ds.Modality = "OT"
+        ds.ConversionType = "WSD"
+        ds.SeriesDescription = f"vacseg stand-in result for {len(files)} instances"
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = ds.Columns = 8
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.PixelRepresentation = 0
+        ds.PixelData = np.zeros((8, 8), np.uint8).tobytes()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta = meta
+        path = out_dir / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        return [path]
+
+
+def _fail(store: JobStore, job: Job, reason: str) -> Job:
+    return store.transition(job.job_id, JobState.FAILED, reason=reason)
+
+
+def process_job(
+    store: JobStore,
+    job_id: str,
+    processor: Callable[[Path, Path], list[Path]],
+    config: NodeConfig,
+    stop: threading.Event | None = None,
+) -> Job:
+    """Advance one job to ``done`` or ``failed``, resuming from its stored state.
+
+    Args:
+        store: the job store.
+        job_id: the job.
+        processor: the loaded processor.
+        config: node configuration (destination, retries, modalities, TLS).
+        stop: event that interrupts export retries (default None).
+
+    Returns:
+        The job as finally stored.
+    """
+    from vacseg_monai.service.export import ExportError, export_with_retry, make_client_ssl_context
+
+    job = store.load(job_id)
+    job_dir = store.job_dir(job_id)
+    if job.state in (JobState.QUEUED, JobState.INFERRING):
+        if job.attempts >= MAX_ATTEMPTS:
+            return _fail(store, job, f"processing was interrupted {job.attempts} times (worker crash?)")
+        job = store.transition(job_id, JobState.INFERRING, attempts=job.attempts + 1)
+        try:
+            check_modalities(store.series_dir(job_id), config.modalities)
+            outputs = [Path(p) for p in processor(store.series_dir(job_id), job_dir)]
+            missing = [str(p) for p in outputs if not p.is_file()]
+            if missing:
+                raise ProcessorError(f"Processor returned files that do not exist: {missing[:3]}")
+        except Exception as exc:
+            logger.exception("Processing job %s (series %s) failed", job_id, job.series_uid)
+            return _fail(store, job, f"{type(exc).__name__}: {exc}")
+        relative = [os.path.relpath(p.resolve(), job_dir.resolve()) for p in outputs]
+        if config.destination is None:
+            logger.info("Job %s: no destination configured, results kept in %s", job_id, job_dir)
+            return store.transition(job_id, JobState.DONE, outputs=relative)
+        job = store.transition(job_id, JobState.EXPORTING, outputs=relative)
+    if job.state is JobState.EXPORTING:
+        files = [job_dir / p for p in job.outputs]
+        if config.export_series:
+            files += sorted(store.series_dir(job_id).glob("*.dcm"))
+        try:
+            ssl_context = None
+            if config.tls_enabled:
+                ssl_context = make_client_ssl_context(config.tls_ca, config.tls_cert, config.tls_key)
+            export_with_retry(
+                files,
+                config.destination,
+                give_up_after=config.export_timeout,
+                initial_delay=config.export_retry_initial,
+                max_delay=config.export_retry_max,
+                stop=stop,
+                calling_aet=config.ae_title,
+                ssl_context=ssl_context,
+                acse_timeout=config.acse_timeout,
+                dimse_timeout=config.dimse_timeout,
+                network_timeout=config.network_timeout,
+            )
+        except (ExportError, ValueError) as exc:
+            logger.exception("Export of job %s failed; files kept in %s", job_id, job_dir)
+            return _fail(store, job, f"export failed: {exc}")
+        return store.transition(job_id, JobState.DONE)
+    return job
+
+
+def _exit_with_parent() -> None:
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def worker_main(config: NodeConfig, conn: multiprocessing.connection.Connection) -> None:
+    """Entry point of the worker process.
+
+    Loads the processor once, processes every pending job, then waits for
+    wake-ups on ``conn`` (any message; ``None`` or a closed pipe stops it).
+    The process exits if its parent dies.
+
+    Args:
+        config: node configuration.
+        conn: receiving end of the wake-up pipe.
+    """
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s"
+    )
+    _exit_with_parent()
+    store = JobStore(config.output_directory)
+    try:
+        processor = load_processor(
+            config.processor,
+            bundle=config.bundle,
+            output=config.output.value,
+            root_uid=config.root_uid,
+            **config.processor_args,
+        )
+    except ProcessorError:
+        logger.exception("Worker cannot start")
+        raise
+    logger.info("Worker ready with processor %s", config.processor)
+    while True:
+        for job in store.in_states(*PENDING_STATES):
+            try:
+                process_job(store, job.job_id, processor, config)
+            except Exception:
+                logger.exception("Unexpected error in job %s; it stays %s", job.job_id, job.state.value)
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+
+
+class WorkerProcess:
+    """Parent-side handle of the worker: spawns it, wakes it, restarts it if it dies.
+
+    Args:
+        config: node configuration passed to :func:`worker_main`.
+    """
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self._ctx = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()
+        self._process = None
+        self._conn = None
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        """Spawn the worker and a thread that restarts it if it dies unexpectedly."""
+        self._spawn()
+        self._monitor = threading.Thread(target=self._watch, name="worker-monitor", daemon=True)
+        self._monitor.start()
+
+    def _spawn(self) -> None:
+        receiver, sender = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(target=worker_main, args=(self.config, receiver), name="vacseg-worker", daemon=True)
+        process.start()
+        receiver.close()
+        with self._lock:
+            self._process, self._conn = process, sender
+        logger.info("Worker process %d started", process.pid)
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            process = self._process
+            multiprocessing.connection.wait([process.sentinel])
+            if self._stopping.is_set():
+                return
+            self.restarts += 1
+            logger.error("Worker process %d died with exit code %s; restart %d", process.pid, process.exitcode, self.restarts)
+            if self.restarts > MAX_ATTEMPTS * 2:
+                logger.error("Worker keeps dying; not restarting it. Fix the processor and restart the node.")
+                return
+            self._stopping.wait(min(2.0 ** self.restarts, 30.0))
+            if not self._stopping.is_set():
+                self._spawn()
+
+    def submit(self, job_id: str) -> None:
+        """Wake the worker: ``job_id`` is queued on disk.
+
+        Args:
+            job_id: the job just queued (informational; the worker reads the disk).
+        """
+        with self._lock:
+            try:
+                if self._conn is not None:
+                    self._conn.send(job_id)
+            except OSError:
+                logger.warning("Worker not reachable; job %s stays queued on disk", job_id)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the worker to stop after its current job; terminate it after ``timeout``.
+
+        Args:
+            timeout: seconds to wait (default 10).
+        """
+        self._stopping.set()
+        with self._lock:
+            process, conn = self._process, self._conn
+            self._conn = None
+        if process is None:
+            return
+        try:
+            conn.send(None)
+            conn.close()
+        except OSError:
+            pass
+        process.join(timeout)
+        if process.is_alive():
+            logger.warning("Worker did not stop within %.0f s; terminating it (its job resumes at next start)", timeout)
+            process.terminate()
+            process.join(5)
