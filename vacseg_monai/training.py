@@ -1,0 +1,100 @@
+"""Training helpers referenced from the bundle configs: the loss factory.
+
+All losses take raw network logits ``(B, C, H, W)`` and an integer label map
+``(B, 1, H, W)`` (values 0..C-1), as produced by :mod:`vacseg_monai.transforms`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss, DiceLoss, TverskyLoss
+from monai.networks.utils import one_hot
+from torch import nn
+
+__all__ = ["LOSS_NAMES", "FocalTverskyLoss", "OneHotBCEWithLogitsLoss", "make_loss"]
+
+logger = logging.getLogger(__name__)
+
+#: Loss names accepted by :func:`make_loss` (the original CLI's choices).
+LOSS_NAMES = ("dice", "dicece", "bce", "focal_tversky")
+
+
+class OneHotBCEWithLogitsLoss(nn.Module):
+    """Binary cross-entropy on each class channel against the one-hot label.
+
+    Args:
+        include_background: keep channel 0 in the loss. Defaults to True.
+    """
+
+    def __init__(self, include_background: bool = True) -> None:
+        super().__init__()
+        self.include_background = include_background
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002 (torch naming)
+        """Mean BCE over batch, channels and pixels."""
+        target = one_hot(target.long(), num_classes=input.shape[1]).to(input.dtype)
+        if not self.include_background:
+            input, target = input[:, 1:], target[:, 1:]
+        return F.binary_cross_entropy_with_logits(input, target)
+
+
+class FocalTverskyLoss(nn.Module):
+    """Focal Tversky loss: ``mean_c (1 - TI_c) ** gamma`` over the softmax probabilities.
+
+    Args:
+        alpha: weight of false positives in the Tversky index. Defaults to 0.3.
+        beta: weight of false negatives. Defaults to 0.7.
+        gamma: focal exponent; below 1 emphasises hard (low-index) classes. Defaults to 0.75.
+        include_background: keep channel 0. Defaults to True.
+
+    Raises:
+        ValueError: if ``gamma`` is not positive.
+    """
+
+    def __init__(
+        self, alpha: float = 0.3, beta: float = 0.7, gamma: float = 0.75, include_background: bool = True
+    ) -> None:
+        super().__init__()
+        if gamma <= 0:
+            raise ValueError(f"`gamma` must be positive, got {gamma}.")
+        self.gamma = gamma
+        self.tversky = TverskyLoss(
+            include_background=include_background,
+            to_onehot_y=True,
+            softmax=True,
+            alpha=alpha,
+            beta=beta,
+            reduction="none",
+            batch=True,
+        )
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002 (torch naming)
+        """Mean over classes of the focal Tversky term."""
+        per_class = self.tversky(input, target).clamp(min=1e-6)  # keeps the gradient of x**gamma finite
+        return (per_class**self.gamma).mean()
+
+
+def make_loss(loss: str = "dicece", include_background: bool = True) -> nn.Module:
+    """Build the training loss by name.
+
+    Args:
+        loss: one of ``"dice"`` (soft Dice), ``"dicece"`` (Dice + cross-entropy, default),
+            ``"bce"`` (per-class binary cross-entropy), ``"focal_tversky"``.
+        include_background: whether channel 0 enters the loss. Defaults to True.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    name = str(loss).lower()
+    if name == "dice":
+        return DiceLoss(include_background=include_background, to_onehot_y=True, softmax=True, batch=True)
+    if name == "dicece":
+        return DiceCELoss(include_background=include_background, to_onehot_y=True, softmax=True, batch=True)
+    if name == "bce":
+        return OneHotBCEWithLogitsLoss(include_background=include_background)
+    if name == "focal_tversky":
+        return FocalTverskyLoss(include_background=include_background)
+    raise ValueError(f"`loss` must be one of {list(LOSS_NAMES)}, got {loss!r}.")
