@@ -28,6 +28,12 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
     out = parser.add_argument_group("Output")
     out.add_argument("-od", "--out", type=Path, default=Path("test_dataset"), help="dataset folder (default test_dataset)")
     out.add_argument("--montage", type=Path, default=None, help="QA montage PNG (default <out>/montage.png)")
+    out.add_argument(
+        "--dicom",
+        type=Path,
+        default=None,
+        help="also write each phantom as a DICOM CT series + truth RTSTRUCT under this folder",
+    )
     gen = parser.add_argument_group("Generation")
     gen.add_argument("-n", "--patients", type=int, default=10, help="number of patients (default 10)")
     gen.add_argument("--seed", type=int, default=0, help="base seed; patient i uses seed+i (default 0)")
@@ -55,9 +61,14 @@ def main(args: list[str] | None = None) -> int:
     folders = generate_dataset(
         ns.out, n_patients=ns.patients, seed=ns.seed, size=ns.size, progress=not ns.quiet, montage=montage
     )
+    written = f"{ns.out} and montage {montage}"
+    if ns.dicom is not None:
+        from vacseg_monai.dicom.phantom_dicom import generate_dicom_dataset
+
+        generate_dicom_dataset(ns.dicom, n_patients=ns.patients, seed=ns.seed, size=ns.size, progress=not ns.quiet)
+        written += f" and DICOM CT + RTSTRUCT to {ns.dicom}"
     elapsed = time.perf_counter() - start
-    print(f"Wrote {len(folders)} phantom patients ({ns.size}x{ns.size}) to {ns.out} and montage {montage} "
-          f"in {elapsed:.1f} s")
+    print(f"Wrote {len(folders)} phantom patients ({ns.size}x{ns.size}) to {written} in {elapsed:.1f} s")
     return 0
 
 

@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Convert clinic CT + RTSTRUCT exports into the training layout (npy and/or NIfTI).
+
+Every CT series under the input folder that an RT Structure Set references becomes one
+patient folder; a table of what was converted or skipped (and why) is printed and saved
+as conversion_report.json / .csv in the output folder.
+
+Example:
+    python scripts/convert_dicom_rt.py exports/ -od training_data --format both --name-map "Table=Couch"
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from vacseg_monai.dicom.convert import OutputFormat, convert_exports, parse_name_map
+
+__all__ = ["main"]
+
+logger = logging.getLogger("convert_dicom_rt")
+
+
+def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Convert a folder of clinic DICOM exports (CT series + RTSTRUCT referencing it, any folder "
+        "structure) into the vacseg_monai training layout, with a report of what was skipped and why.",
+    )
+    parser.add_argument("input", type=Path, help="folder with the DICOM exports (searched recursively)")
+    out = parser.add_argument_group("Output")
+    out.add_argument("-od", "--output-directory", type=Path, required=True, help="training data folder to write")
+    out.add_argument("--format", choices=[f.value for f in OutputFormat], default=OutputFormat.NPY.value,
+                     help="npy (per-slice <patient>/img|mask/<i>.npy, default), nifti (<patient>/image.nii.gz + "
+                     "label.nii.gz) or both (<out>/npy/... and <out>/nifti/...)")
+    out.add_argument("--overwrite", action="store_true", help="replace patient folders that already exist")
+    mapping = parser.add_argument_group("ROI names")
+    mapping.add_argument("--name-map", action="append", default=[], metavar="ROI=LABEL",
+                         help="map an ROI name to a label number or name, or to 'none' to ignore it; a .json file "
+                         "holding {\"ROI\": label} is read as a whole; may be repeated")
+    verbosity = parser.add_argument_group("Logging").add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bar")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    ns = parser.parse_args(args)
+    if not ns.input.is_dir():
+        parser.error(f"input folder {ns.input} does not exist")
+    pairs, files = [], []
+    for item in ns.name_map:
+        (files if item.lower().endswith(".json") and "=" not in item else pairs).append(item)
+    try:
+        ns.name_map = {}
+        for path in files:
+            ns.name_map.update(parse_name_map(json_file=path))
+        ns.name_map.update(parse_name_map(pairs))
+    except ValueError as exc:
+        parser.error(str(exc))
+    return ns
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the conversion; returns 0 when at least one series was converted, 1 otherwise."""
+    ns = _setup_argparser(args)
+    level = logging.WARNING if ns.quiet else logging.DEBUG if ns.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        report = convert_exports(
+            ns.input, ns.output_directory, fmt=ns.format, name_map=ns.name_map or None, overwrite=ns.overwrite,
+            progress=not ns.quiet,
+        )
+    except (ValueError, FileExistsError) as exc:
+        logger.error("%s", exc)
+        return 2
+    print(report.table())
+    print(f"Report: {ns.output_directory / 'conversion_report.json'} (and .csv)")
+    return 0 if report.converted else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

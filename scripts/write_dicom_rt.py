@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Write a NIfTI label map as an RT Structure Set and/or DICOM-SEG of a CT series.
+
+The label map may have any affine that covers the series: it is resampled onto the CT
+grid with nearest neighbour (a warning is logged when it covers the series only partly).
+
+Example:
+    python scripts/write_dicom_rt.py --series ct/ --labels labels.nii.gz --out rt/ --format both
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from vacseg_monai.dicom.convert import LabelMapFormat, write_label_map_dicom
+
+__all__ = ["main"]
+
+logger = logging.getLogger("write_dicom_rt")
+
+
+def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Write a NIfTI label map (values from the vacseg_monai label table) as an RTSTRUCT and/or "
+        "DICOM-SEG referencing a CT series.",
+    )
+    source = parser.add_argument_group("Input")
+    source.add_argument("--series", type=Path, required=True, metavar="CT_DIR", help="folder with the CT series")
+    source.add_argument("--series-uid", default=None, help="SeriesInstanceUID when CT_DIR holds several series")
+    source.add_argument("--labels", type=Path, required=True, metavar="LABELS.nii.gz", help="NIfTI label map")
+    out = parser.add_argument_group("Output")
+    out.add_argument("-od", "--out", "--output-directory", dest="out", type=Path, required=True, metavar="OUT_DIR",
+                     help="output folder (created)")
+    out.add_argument("--format", choices=[f.value for f in LabelMapFormat], default=LabelMapFormat.RTSTRUCT.value,
+                     help="rtstruct (default), seg or both")
+    out.add_argument("--root-uid", default=None, help="UID root for the new objects (must end with '.')")
+    verbosity = parser.add_argument_group("Logging").add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    ns = parser.parse_args(args)
+    if not ns.series.is_dir():
+        parser.error(f"--series {ns.series} is not a folder")
+    if not ns.labels.is_file():
+        parser.error(f"--labels {ns.labels} is not a file")
+    if ns.root_uid is not None and not ns.root_uid.endswith("."):
+        parser.error(f"--root-uid must end with '.', got {ns.root_uid!r}")
+    return ns
+
+
+def main(args: list[str] | None = None) -> int:
+    """Write the objects; returns the exit status (0 on success, 2 on bad input)."""
+    ns = _setup_argparser(args)
+    level = logging.WARNING if ns.quiet else logging.DEBUG if ns.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        written = write_label_map_dicom(
+            ns.series, ns.labels, ns.out, fmt=ns.format, root_uid=ns.root_uid, series_uid=ns.series_uid
+        )
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

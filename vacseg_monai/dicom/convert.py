@@ -1,0 +1,968 @@
+"""Clinic DICOM exports to training data, and label maps back to DICOM.
+
+Clinic exports to the training layout (:func:`convert_exports`)
+----------------------------------------------------------------
+
+The input is a folder holding, per patient, a CT series and an RT Structure Set
+that references it, in any folder structure and with any file names. Every
+file's header is read once; CT Image Storage instances are grouped by
+SeriesInstanceUID and every RTSTRUCT is matched to the CT series it references
+(the series UIDs of its Referenced Frame of Reference Sequence, else the SOP
+instances its contours reference, else the one CT series that shares its
+FrameOfReferenceUID). Each matched series is read with
+:func:`vacseg_monai.dicom.series.read_series`, the structure set is rasterised
+onto it with :func:`vacseg_monai.dicom.rtstruct.read_rtstruct_contents` (ROI names
+mapped to labels by its ``name_map`` rules), and the patient is written as::
+
+    npy   (default)   <out>/<patient>/img/<i>.npy     int16 HU,     (1, rows, cols)
+                      <out>/<patient>/mask/<i>.npy    uint8 labels, (1, rows, cols)
+    nifti             <out>/<patient>/image.nii.gz    int16 HU,     (rows, cols, n_slices)
+                      <out>/<patient>/label.nii.gz    uint8 labels, same shape, same RAS affine
+    both              <out>/npy/<patient>/...  and  <out>/nifti/<patient>/...
+
+which is what :func:`vacseg_monai.datasets.discover_patients` reads (one layout per
+patient folder, hence the two trees for ``both``). ``<patient>`` is the PatientID
+made safe for a file name, with ``_1``, ``_2``, ... appended when a patient has
+several series. A report of what was converted and what was skipped, and why, is
+written to ``<out>/conversion_report.json`` and ``.csv``.
+
+Label maps to DICOM (:func:`write_label_map_dicom`)
+---------------------------------------------------
+
+A NIfTI label map with any affine is resampled onto a CT series' grid with
+nearest neighbour (CT index -> RAS -> NIfTI index, rounded; outside -> 0) and
+written as an RT Structure Set and/or a DICOM Segmentation of that series.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import CTImageStorage
+
+from vacseg_monai.labels import BACKGROUND, LABELS, label_by_name
+
+if TYPE_CHECKING:
+    from vacseg_monai.dicom.series import CTSeries
+
+__all__ = [
+    "REPORT_CSV",
+    "REPORT_JSON",
+    "ConversionRecord",
+    "ConversionReport",
+    "LabelMapFormat",
+    "OutputFormat",
+    "SkipReason",
+    "convert_exports",
+    "load_label_nifti",
+    "parse_name_map",
+    "patient_folder_name",
+    "resample_label_map",
+    "write_label_map_dicom",
+    "write_nifti_patient",
+    "write_npy_patient",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Report file names inside the output folder.
+REPORT_JSON = "conversion_report.json"
+REPORT_CSV = "conversion_report.csv"
+
+_RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+_RAW_DATASET_PREFIXES = (b"\x08\x00", b"\x00\x08")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_SKIP_WORDS = frozenset({"", "0", "none", "null", "skip", "ignore", "-"})
+
+
+class OutputFormat(str, enum.Enum):
+    """Training layouts :func:`convert_exports` writes."""
+
+    NPY = "npy"
+    NIFTI = "nifti"
+    BOTH = "both"
+
+
+class LabelMapFormat(str, enum.Enum):
+    """DICOM objects :func:`write_label_map_dicom` writes."""
+
+    RTSTRUCT = "rtstruct"
+    SEG = "seg"
+    BOTH = "both"
+
+
+class SkipReason(str, enum.Enum):
+    """Why an input item was not converted (the ``reason`` column of the report)."""
+
+    NO_RTSTRUCT = "no_rtstruct"
+    MISSING_SERIES = "missing_series"
+    NO_KNOWN_ROI = "no_known_roi"
+    EMPTY_LABELS = "empty_labels"
+    UNREADABLE_SERIES = "unreadable_series"
+    UNREADABLE_RTSTRUCT = "unreadable_rtstruct"
+    UNREADABLE_FILE = "unreadable_file"
+    SUPERSEDED_RTSTRUCT = "superseded_rtstruct"
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class ConversionRecord:
+    """One line of the conversion report: a converted series or a skipped item.
+
+    Attributes:
+        status: ``"converted"`` or ``"skipped"``.
+        reason: a :class:`SkipReason` value for skipped items, ``""`` when converted.
+        detail: human-readable explanation (the reader's error message for unreadable input).
+        patient_id: PatientID from the DICOM header.
+        output: patient folder name in the output (converted only).
+        series_instance_uid: the CT series (or the one an RTSTRUCT references).
+        rtstruct: path of the RT Structure Set used or skipped.
+        ct_folder: common parent folder of the CT files.
+        n_slices: slices written.
+        rows: rows per slice.
+        cols: columns per slice.
+        roi_labels: ROI name -> label number for the ROIs that were rasterised.
+        roi_names: every ROI name of the structure set.
+        voxels: label name -> voxel count in the written label map.
+    """
+
+    status: str
+    reason: str = ""
+    detail: str = ""
+    patient_id: str = ""
+    output: str = ""
+    series_instance_uid: str = ""
+    rtstruct: str = ""
+    ct_folder: str = ""
+    n_slices: int = 0
+    rows: int = 0
+    cols: int = 0
+    roi_labels: dict[str, int] = field(default_factory=dict)
+    roi_names: list[str] = field(default_factory=list)
+    voxels: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def converted(self) -> bool:
+        """True when this record is a converted series."""
+        return self.status == "converted"
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert_exports` did.
+
+    Attributes:
+        input_dir: the export folder.
+        output_dir: the training data folder.
+        format: the :class:`OutputFormat` value written.
+        records: converted series first (by output folder), then skipped items.
+    """
+
+    input_dir: str
+    output_dir: str
+    format: str
+    records: list[ConversionRecord] = field(default_factory=list)
+
+    @property
+    def converted(self) -> list[ConversionRecord]:
+        """The converted series."""
+        return [r for r in self.records if r.converted]
+
+    @property
+    def skipped(self) -> list[ConversionRecord]:
+        """The skipped items."""
+        return [r for r in self.records if not r.converted]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-serialisable data."""
+        return {
+            "input_dir": self.input_dir,
+            "output_dir": self.output_dir,
+            "format": self.format,
+            "converted": len(self.converted),
+            "skipped": len(self.skipped),
+            "records": [asdict(r) for r in self.records],
+        }
+
+    def table(self) -> str:
+        """A plain-text table of the report, one line per record."""
+        header = ("STATUS", "OUTPUT", "PATIENT ID", "SERIES UID", "SLICES", "LABELS / REASON")
+        rows = [header]
+        for r in self.records:
+            if r.converted:
+                what = ", ".join(f"{name} {count}" for name, count in r.voxels.items())
+            else:
+                what = f"{r.reason}: {r.detail}"
+            rows.append((r.status, r.output or "-", r.patient_id or "-", r.series_instance_uid or "-",
+                         str(r.n_slices) if r.n_slices else "-", what))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
+        lines.append(f"{len(self.converted)} converted, {len(self.skipped)} skipped.")
+        return "\n".join(lines)
+
+    def save(self, folder: str | Path) -> tuple[Path, Path]:
+        """Write :data:`REPORT_JSON` and :data:`REPORT_CSV` into ``folder``.
+
+        Returns:
+            the JSON and CSV paths.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        json_path, csv_path = folder / REPORT_JSON, folder / REPORT_CSV
+        json_path.write_text(json.dumps(self.as_dict(), indent=2) + "\n", encoding="utf-8")
+        columns = list(ConversionRecord.__dataclass_fields__)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for record in self.records:
+            row = asdict(record)
+            row["roi_labels"] = json.dumps(row["roi_labels"])
+            row["voxels"] = json.dumps(row["voxels"])
+            row["roi_names"] = ";".join(row["roi_names"])
+            writer.writerow(row)
+        csv_path.write_text(buffer.getvalue(), encoding="utf-8")
+        return json_path, csv_path
+
+
+# --------------------------------------------------------------------------- name map
+
+
+def _label_target(value: Any, key: str, where: str) -> int | None:
+    """Validate one name-map target: a label number, a label name, or a skip word."""
+    values = {label.value for label in LABELS}
+    if value is None or (isinstance(value, str) and value.strip().lower() in _SKIP_WORDS):
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: ROI {key!r} maps to {value!r}; expected a label number, name or null.")
+    if isinstance(value, (int, np.integer)) or (isinstance(value, str) and value.strip().isdigit()):
+        number = int(value)
+        if number == BACKGROUND:
+            return None
+        if number not in values:
+            raise ValueError(
+                f"{where}: ROI {key!r} maps to label {number}, which is not in the label table "
+                f"{sorted(values)} ({', '.join(f'{lb.value} {lb.name}' for lb in LABELS)})."
+            )
+        return number
+    if isinstance(value, str):
+        try:
+            return label_by_name(value.strip()).value
+        except KeyError:
+            raise ValueError(
+                f"{where}: ROI {key!r} maps to unknown label {value!r}; known labels are "
+                f"{[lb.name for lb in LABELS]} (or a number, or 'none' to skip the ROI)."
+            ) from None
+    raise ValueError(f"{where}: ROI {key!r} maps to {value!r}; expected a label number, name or null.")
+
+
+def parse_name_map(
+    pairs: Iterable[str] = (), json_file: str | Path | None = None
+) -> dict[str, int | None]:
+    """Build an ROI name map from ``KEY=LABEL`` strings and/or a JSON file.
+
+    ``LABEL`` is a label number or name from :data:`vacseg_monai.labels.LABELS`, or
+    ``none``/``skip``/``0`` to ignore that ROI on purpose. The JSON file holds one
+    object ``{"ROI name": label number | "label name" | null}``. ``pairs`` override the
+    file. Keys are matched by :func:`vacseg_monai.dicom.rtstruct.resolve_roi_label`
+    (exact, then normalised), before the built-in aliases.
+
+    Args:
+        pairs: ``KEY=LABEL`` strings (default none).
+        json_file: path of a JSON object (default None).
+
+    Returns:
+        ROI name -> label number (None = skip).
+
+    Raises:
+        ValueError: for a malformed pair, an unreadable or non-object JSON file, or an
+            unknown label.
+    """
+    mapping: dict[str, int | None] = {}
+    if json_file is not None:
+        path = Path(json_file)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"Cannot read name map JSON file {path}: {exc}.") from exc
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"Name map JSON file {path} must hold one object {{\"ROI name\": label}}, got {type(data).__name__}."
+            )
+        for key, value in data.items():
+            mapping[str(key)] = _label_target(value, str(key), f"name map {path}")
+    for pair in pairs:
+        key, sep, value = str(pair).rpartition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"Name map entry {pair!r} must look like 'ROI name=LABEL' (e.g. 'PTV=none', 'Table=Couch').")
+        mapping[key.strip()] = _label_target(value.strip(), key.strip(), f"name map entry {pair!r}")
+    return mapping
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+@dataclass
+class _CTInfo:
+    uid: str
+    files: list[Path] = field(default_factory=list)
+    sop_uids: set[str] = field(default_factory=set)
+    patient_id: str = ""
+    study_uid: str = ""
+    study_date: str = ""
+    frame_of_reference_uid: str = ""
+    series_number: int = 0
+
+
+@dataclass
+class _RTInfo:
+    path: Path
+    sop_uid: str
+    patient_id: str
+    referenced_series: list[str]
+    referenced_sops: set[str]
+    frame_of_reference_uids: set[str]
+    when: str
+
+
+@dataclass
+class _Index:
+    ct: dict[str, _CTInfo] = field(default_factory=dict)
+    rtstructs: list[_RTInfo] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _read_header(path: Path) -> Dataset | None:
+    """Header of one file; None for non-DICOM files. Raises for broken DICOM."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        with path.open("rb") as fh:
+            if fh.read(2) not in _RAW_DATASET_PREFIXES:
+                return None
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        return ds if "SOPClassUID" in ds else None
+
+
+def _sop_class(ds: Dataset) -> str:
+    value = ds.get("SOPClassUID") or getattr(ds, "file_meta", Dataset()).get("MediaStorageSOPClassUID")
+    return str(value) if value else ""
+
+
+def _rt_info(path: Path, ds: Dataset) -> _RTInfo:
+    series: list[str] = []
+    sops: set[str] = set()
+    fors: set[str] = set()
+    if ds.get("FrameOfReferenceUID"):
+        fors.add(str(ds.FrameOfReferenceUID))
+    for ref_for in ds.get("ReferencedFrameOfReferenceSequence", []) or []:
+        if ref_for.get("FrameOfReferenceUID"):
+            fors.add(str(ref_for.FrameOfReferenceUID))
+        for study in ref_for.get("RTReferencedStudySequence", []) or []:
+            for ref_series in study.get("RTReferencedSeriesSequence", []) or []:
+                uid = str(ref_series.get("SeriesInstanceUID", ""))
+                if uid and uid not in series:
+                    series.append(uid)
+                for image in ref_series.get("ContourImageSequence", []) or []:
+                    sops.add(str(image.get("ReferencedSOPInstanceUID", "")))
+    for roi in ds.get("StructureSetROISequence", []) or []:
+        if roi.get("ReferencedFrameOfReferenceUID"):
+            fors.add(str(roi.ReferencedFrameOfReferenceUID))
+    when = "".join(
+        str(ds.get(k, "")) for k in ("StructureSetDate", "StructureSetTime", "InstanceCreationDate", "InstanceCreationTime")
+    )
+    return _RTInfo(
+        path=path,
+        sop_uid=str(ds.get("SOPInstanceUID", "")),
+        patient_id=str(ds.get("PatientID", "")),
+        referenced_series=series,
+        referenced_sops=sops - {""},
+        frame_of_reference_uids=fors,
+        when=when,
+    )
+
+
+def _scan(input_dir: Path, exclude: Path | None) -> _Index:
+    index = _Index()
+    for path in sorted(p for p in input_dir.rglob("*") if p.is_file()):
+        if exclude is not None and exclude in path.parents:
+            continue
+        try:
+            ds = _read_header(path)
+        except Exception as exc:  # noqa: BLE001 - any parse failure of a DICOM file is reported
+            index.unreadable.append((path, f"Cannot read DICOM file {path}: {type(exc).__name__}: {exc}"))
+            continue
+        if ds is None:
+            logger.debug("Skipping non-DICOM file %s", path)
+            continue
+        sop_class = _sop_class(ds)
+        if sop_class == CTImageStorage:
+            uid = str(ds.get("SeriesInstanceUID", ""))
+            if not uid:
+                index.unreadable.append((path, f"CT file {path} has no SeriesInstanceUID."))
+                continue
+            info = index.ct.get(uid)
+            if info is None:
+                number = ds.get("SeriesNumber")
+                info = index.ct[uid] = _CTInfo(
+                    uid=uid,
+                    patient_id=str(ds.get("PatientID", "")),
+                    study_uid=str(ds.get("StudyInstanceUID", "")),
+                    study_date=f"{ds.get('StudyDate', '')}{ds.get('StudyTime', '')}",
+                    frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
+                    series_number=int(number) if number not in (None, "") else 0,
+                )
+            info.files.append(path)
+            info.sop_uids.add(str(ds.get("SOPInstanceUID", "")))
+        elif sop_class == _RTSTRUCT_SOP_CLASS:
+            try:
+                index.rtstructs.append(_rt_info(path, ds))
+            except Exception as exc:  # noqa: BLE001 - malformed references
+                index.unreadable.append((path, f"Cannot parse RT Structure Set {path}: {type(exc).__name__}: {exc}"))
+        else:
+            logger.debug("Skipping %s: SOP class %s", path, pydicom.uid.UID(sop_class).name if sop_class else "none")
+    return index
+
+
+def _match(rt: _RTInfo, index: _Index, sop_to_series: Mapping[str, str]) -> tuple[str | None, str]:
+    """The CT series an RTSTRUCT belongs to, and how it was matched."""
+    present = [uid for uid in rt.referenced_series if uid in index.ct]
+    if present:
+        if len(present) > 1:
+            counts = {uid: len(rt.referenced_sops & index.ct[uid].sop_uids) for uid in present}
+            present.sort(key=lambda uid: -counts[uid])
+        return present[0], "referenced series"
+    by_sop = sorted({sop_to_series[s] for s in rt.referenced_sops if s in sop_to_series})
+    if len(by_sop) == 1:
+        return by_sop[0], "referenced images"
+    same_for = [uid for uid, ct in index.ct.items() if ct.frame_of_reference_uid in rt.frame_of_reference_uids]
+    if len(same_for) == 1:
+        return same_for[0], "frame of reference"
+    return None, ""
+
+
+def patient_folder_name(patient_id: str) -> str:
+    """A file-system-safe folder name for a PatientID.
+
+    Letters, digits, ``.``, ``_`` and ``-`` are kept; every other run of characters
+    becomes ``_``; leading/trailing dots and underscores are dropped; an empty result
+    becomes ``"patient"``.
+    """
+    name = _UNSAFE.sub("_", str(patient_id).strip()).strip("._")
+    return name[:128] or "patient"
+
+
+def _common_folder(files: Sequence[Path]) -> Path:
+    return Path(os.path.commonpath([str(p.parent) for p in files])) if files else Path()
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def write_npy_patient(image: np.ndarray, labels: np.ndarray, patient_dir: str | Path) -> Path:
+    """Write one patient in the per-slice npy layout.
+
+    Args:
+        image: int16 HU volume (rows, cols, n_slices).
+        labels: uint8 label map, same shape.
+        patient_dir: the patient folder (``img/`` and ``mask/`` are created in it).
+
+    Returns:
+        ``patient_dir``.
+
+    Raises:
+        ValueError: if the shapes differ or the dtypes are not int16 / uint8.
+    """
+    _check_volume_pair(image, labels)
+    patient_dir = Path(patient_dir)
+    (patient_dir / "img").mkdir(parents=True, exist_ok=True)
+    (patient_dir / "mask").mkdir(parents=True, exist_ok=True)
+    for i in range(image.shape[2]):
+        np.save(patient_dir / "img" / f"{i}.npy", np.ascontiguousarray(image[None, :, :, i]))
+        np.save(patient_dir / "mask" / f"{i}.npy", np.ascontiguousarray(labels[None, :, :, i]))
+    return patient_dir
+
+
+def write_nifti_patient(
+    image: np.ndarray, labels: np.ndarray, affine_ras: np.ndarray, patient_dir: str | Path
+) -> Path:
+    """Write one patient in the NIfTI layout (``image.nii.gz`` + ``label.nii.gz``).
+
+    The data arrays keep the project order (rows, cols, n_slices); the affine maps
+    (row, col, slice) to RAS mm and is stored as both qform and sform (scanner code).
+
+    Args:
+        image: int16 HU volume (rows, cols, n_slices).
+        labels: uint8 label map, same shape.
+        affine_ras: 4x4 RAS affine of the volume.
+        patient_dir: the patient folder (created).
+
+    Returns:
+        ``patient_dir``.
+
+    Raises:
+        ValueError: if the shapes differ, the dtypes are not int16 / uint8 or the affine is not 4x4.
+    """
+    import nibabel as nib
+
+    _check_volume_pair(image, labels)
+    affine = np.asarray(affine_ras, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ValueError(f"`affine_ras` must be 4x4, got shape {affine.shape}.")
+    patient_dir = Path(patient_dir)
+    patient_dir.mkdir(parents=True, exist_ok=True)
+    for array, name in ((image, "image.nii.gz"), (labels, "label.nii.gz")):
+        nifti = nib.Nifti1Image(np.asarray(array), affine)
+        nifti.set_qform(affine, code=1)
+        nifti.set_sform(affine, code=1)
+        nifti.header.set_xyzt_units("mm")
+        nib.save(nifti, str(patient_dir / name))
+    return patient_dir
+
+
+def _check_volume_pair(image: np.ndarray, labels: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape != labels.shape:
+        raise ValueError(
+            f"Image {image.shape} and labels {labels.shape} must be equal 3D shapes (rows, cols, n_slices)."
+        )
+    if image.dtype != np.int16 or labels.dtype != np.uint8:
+        raise ValueError(f"Expected an int16 image and uint8 labels, got {image.dtype} and {labels.dtype}.")
+
+
+def _hu_int16(volume: np.ndarray, series_uid: str) -> np.ndarray:
+    rounded = np.rint(volume)
+    info = np.iinfo(np.int16)
+    if rounded.size and (rounded.min() < info.min or rounded.max() > info.max):
+        raise ValueError(
+            f"Series {series_uid}: HU range [{rounded.min()}, {rounded.max()}] does not fit int16."
+        )
+    return rounded.astype(np.int16)
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _read_series_files(info: _CTInfo, input_dir: Path) -> CTSeries:
+    """Read one series from its files only (through a folder of links), keeping real paths in errors."""
+    from vacseg_monai.dicom.series import read_series
+
+    with tempfile.TemporaryDirectory(prefix="vacseg-series-") as tmp:
+        try:
+            for i, path in enumerate(info.files):
+                (Path(tmp) / f"{i:06d}.dcm").symlink_to(path.resolve())
+        except OSError:  # no symlinks here: read from the whole input folder instead
+            return read_series(input_dir, series_uid=info.uid)
+        try:
+            return read_series(tmp, series_uid=info.uid)
+        except ValueError as exc:
+            message = str(exc)
+            for i, path in enumerate(info.files):
+                message = message.replace(str(Path(tmp) / f"{i:06d}.dcm"), str(path))
+            raise type(exc)(message.replace(tmp, str(_common_folder(info.files)))) from exc
+
+
+def _assign_names(candidates: Sequence[_CTInfo]) -> dict[str, str]:
+    """Output folder per series UID: sanitised PatientID, suffixed _1.._n for several series."""
+    by_name: dict[str, list[_CTInfo]] = {}
+    for info in candidates:
+        by_name.setdefault(patient_folder_name(info.patient_id), []).append(info)
+    names: dict[str, str] = {}
+    for base, infos in by_name.items():
+        if len(infos) == 1:
+            names[infos[0].uid] = base
+            continue
+        infos.sort(key=lambda ct: (ct.study_date, ct.series_number, ct.uid))
+        for number, info in enumerate(infos, start=1):
+            names[info.uid] = f"{base}_{number}"
+    return names
+
+
+def _targets(output_dir: Path, fmt: OutputFormat, name: str) -> list[tuple[str, Path]]:
+    if fmt == OutputFormat.BOTH:
+        return [("npy", output_dir / "npy" / name), ("nifti", output_dir / "nifti" / name)]
+    return [(fmt.value, output_dir / name)]
+
+
+def _write_outputs(
+    image: np.ndarray, labels: np.ndarray, affine_ras: np.ndarray, targets: Sequence[tuple[str, Path]]
+) -> None:
+    """Write each target through a hidden partial folder renamed into place."""
+    for kind, final in targets:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial = final.parent / f".{final.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        if kind == "npy":
+            write_npy_patient(image, labels, partial)
+        else:
+            write_nifti_patient(image, labels, affine_ras, partial)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+
+
+def _convert_one(
+    info: _CTInfo,
+    rts: Sequence[_RTInfo],
+    input_dir: Path,
+    name_map: Mapping[str, int | str | None] | None,
+) -> tuple[ConversionRecord, list[ConversionRecord], tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+    """Convert one series: (record, records of superseded structure sets, arrays or None)."""
+    from vacseg_monai.dicom.rtstruct import read_rtstruct_contents
+
+    base = ConversionRecord(
+        status="skipped", patient_id=info.patient_id, series_instance_uid=info.uid,
+        ct_folder=str(_common_folder(info.files)),
+    )
+    try:
+        series = _read_series_files(info, input_dir)
+    except Exception as exc:  # noqa: BLE001 - every reader failure is reported with its message
+        base.reason, base.detail = SkipReason.UNREADABLE_SERIES.value, str(exc)
+        base.rtstruct = str(rts[0].path)
+        return base, [], None
+    rows, cols, n_slices = series.shape
+    base.rows, base.cols, base.n_slices = rows, cols, n_slices
+    failures: list[ConversionRecord] = []
+    for position, rt in enumerate(rts):
+        record = ConversionRecord(**{**asdict(base), "rtstruct": str(rt.path)})
+        try:
+            rt_ds = pydicom.dcmread(rt.path)
+            roi_names = [str(roi.get("ROIName", "")) for roi in rt_ds.get("StructureSetROISequence", []) or []]
+            contents = read_rtstruct_contents(rt_ds, series, name_map=name_map)
+        except Exception as exc:  # noqa: BLE001
+            record.reason, record.detail = SkipReason.UNREADABLE_RTSTRUCT.value, f"{rt.path}: {exc}"
+            failures.append(record)
+            continue
+        record.roi_names = roi_names
+        record.roi_labels = dict(contents.roi_labels)
+        if not contents.roi_labels:
+            record.reason = SkipReason.NO_KNOWN_ROI.value
+            record.detail = (
+                f"no ROI maps to a known label ({', '.join(lb.name for lb in LABELS)}); ROI names seen: "
+                f"{roi_names}; extend the mapping with --name-map NAME=LABEL"
+            )
+            failures.append(record)
+            continue
+        if not np.any(contents.labels):
+            record.reason = SkipReason.EMPTY_LABELS.value
+            record.detail = f"ROIs {sorted(contents.roi_labels)} map to labels but hold no contour on this series"
+            failures.append(record)
+            continue
+        record.status = "converted"
+        record.voxels = {lb.name: int(np.count_nonzero(contents.labels == lb.value)) for lb in LABELS}
+        for later in rts[position + 1:]:
+            failures.append(ConversionRecord(
+                **{**asdict(base), "rtstruct": str(later.path), "reason": SkipReason.SUPERSEDED_RTSTRUCT.value,
+                   "detail": f"{rt.path} (newer or better matched) was used for this series"}
+            ))
+        image = _hu_int16(series.volume[0].numpy(), info.uid)
+        return record, failures, (image, contents.labels.astype(np.uint8), series.affine_ras)
+    # Every structure set failed: report the best one as the series' record.
+    main = next((f for f in failures if f.reason != SkipReason.UNREADABLE_RTSTRUCT.value), failures[0])
+    failures.remove(main)
+    return main, failures, None
+
+
+def convert_exports(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    fmt: str | OutputFormat = OutputFormat.NPY,
+    name_map: Mapping[str, int | str | None] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ConversionReport:
+    """Convert a folder of clinic CT + RTSTRUCT exports into the training layout.
+
+    See the module docstring for the matching rules and the layouts. Per CT series,
+    the structure sets that reference it are tried newest first (StructureSetDate/Time);
+    the first with at least one ROI mapped to a label is used. Nothing in the input is
+    modified. The report is saved to ``<output_dir>/conversion_report.json`` and ``.csv``.
+
+    Args:
+        input_dir: folder with the exports (any sub-folders and file names).
+        output_dir: training data folder (created).
+        fmt: ``"npy"`` (default), ``"nifti"`` or ``"both"`` (see :class:`OutputFormat`).
+        name_map: extra ROI name -> label rules for
+            :func:`vacseg_monai.dicom.rtstruct.read_rtstruct_contents` (see :func:`parse_name_map`).
+        overwrite: replace patient folders that already exist in ``output_dir`` (default False).
+        progress: show a tqdm progress bar over the CT series (default True).
+
+    Returns:
+        the :class:`ConversionReport`.
+
+    Raises:
+        ValueError: if ``input_dir`` is not a folder or ``fmt`` is unknown.
+        FileExistsError: if a patient folder to be written exists and ``overwrite`` is False.
+    """
+    from tqdm.auto import tqdm
+
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not input_dir.is_dir():
+        raise ValueError(f"Input folder {input_dir} does not exist or is not a folder.")
+    try:
+        fmt = OutputFormat(getattr(fmt, "value", fmt))
+    except ValueError:
+        raise ValueError(f"`fmt` must be one of {[f.value for f in OutputFormat]}, got {fmt!r}.") from None
+    resolved_in, resolved_out = input_dir.resolve(), output_dir.resolve()
+    # An output folder inside the input folder is not scanned.
+    exclude = input_dir / resolved_out.relative_to(resolved_in) if resolved_in in resolved_out.parents else None
+    index = _scan(input_dir, exclude)
+    logger.info(
+        "Found %d CT series and %d RT Structure Sets in %s (%d unreadable files).",
+        len(index.ct), len(index.rtstructs), input_dir, len(index.unreadable),
+    )
+    skipped: list[ConversionRecord] = [
+        ConversionRecord(status="skipped", reason=SkipReason.UNREADABLE_FILE.value, detail=message,
+                         ct_folder=str(path.parent))
+        for path, message in index.unreadable
+    ]
+    sop_to_series = {sop: uid for uid, ct in index.ct.items() for sop in ct.sop_uids}
+    by_series: dict[str, list[_RTInfo]] = {}
+    for rt in index.rtstructs:
+        uid, how = _match(rt, index, sop_to_series)
+        if uid is None:
+            referenced = rt.referenced_series or sorted(rt.frame_of_reference_uids)
+            skipped.append(ConversionRecord(
+                status="skipped", reason=SkipReason.MISSING_SERIES.value, patient_id=rt.patient_id,
+                series_instance_uid=rt.referenced_series[0] if rt.referenced_series else "", rtstruct=str(rt.path),
+                detail=f"RTSTRUCT {rt.path} references CT series {referenced}, which is not in {input_dir}",
+            ))
+            continue
+        if how != "referenced series":
+            logger.warning("RTSTRUCT %s matched to CT series %s by its %s.", rt.path, uid, how)
+        by_series.setdefault(uid, []).append(rt)
+    for rts in by_series.values():
+        rts.sort(key=lambda rt: rt.when, reverse=True)
+
+    names = _assign_names([index.ct[uid] for uid in by_series])
+    existing = [
+        str(path) for uid in by_series for _, path in _targets(output_dir, fmt, names[uid]) if path.exists()
+    ]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"Patient folders already exist in {output_dir}: {existing}; pass overwrite=True (--overwrite) "
+            "to replace them or choose another output folder."
+        )
+
+    converted: list[ConversionRecord] = []
+    for uid in tqdm(sorted(index.ct, key=lambda u: (index.ct[u].patient_id, u)), desc="series", unit="series",
+                    disable=not progress):
+        info = index.ct[uid]
+        if uid not in by_series:
+            skipped.append(ConversionRecord(
+                status="skipped", reason=SkipReason.NO_RTSTRUCT.value, patient_id=info.patient_id,
+                series_instance_uid=uid, ct_folder=str(_common_folder(info.files)), n_slices=len(info.files),
+                detail=f"no RT Structure Set in {input_dir} references this CT series ({len(info.files)} files)",
+            ))
+            continue
+        record, others, arrays = _convert_one(info, by_series[uid], input_dir, name_map)
+        skipped.extend(others)
+        if arrays is None:
+            skipped.append(record)
+            continue
+        record.output = names[uid]
+        _write_outputs(*arrays, _targets(output_dir, fmt, names[uid]))
+        converted.append(record)
+        logger.info("Converted series %s of patient %r to %s.", uid, info.patient_id, names[uid])
+
+    report = ConversionReport(
+        input_dir=str(input_dir), output_dir=str(output_dir), format=fmt.value,
+        records=sorted(converted, key=lambda r: r.output) + skipped,
+    )
+    json_path, _ = report.save(output_dir)
+    logger.info("%d series converted, %d items skipped; report in %s.", len(converted), len(skipped), json_path)
+    return report
+
+
+# --------------------------------------------------------------------------- label map -> DICOM
+
+
+def load_label_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI label map and check its values against the label table.
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file; 3D, or 4D+ with trailing dimensions of size 1.
+
+    Returns:
+        (uint8 label array in the file's index order, 4x4 RAS affine of the file).
+
+    Raises:
+        ValueError: if the file cannot be read, is not 3D, holds non-integer values or
+            values that are not label numbers.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj)
+    except Exception as exc:  # nibabel raises several unrelated types
+        raise ValueError(f"Cannot read NIfTI label map {path}: {exc}.") from exc
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"NIfTI label map {path} has shape {data.shape}; expected a 3D volume.")
+    allowed = [BACKGROUND, *(lb.value for lb in LABELS)]
+    if data.dtype == np.bool_:
+        data = data.astype(np.uint8)
+    elif np.issubdtype(data.dtype, np.floating):
+        finite = np.isfinite(data)
+        whole = finite & (data == np.round(np.where(finite, data, 0)))
+        if not whole.all():
+            odd = np.unique(data[~whole])[:5].tolist()
+            raise ValueError(
+                f"NIfTI label map {path} holds non-integer values {odd} (dtype {data.dtype}); expected label "
+                f"numbers {allowed}. Pass a label map, not probabilities or an image."
+            )
+    elif not np.issubdtype(data.dtype, np.integer):
+        raise ValueError(f"NIfTI label map {path} has dtype {data.dtype}; expected integer label numbers {allowed}.")
+    values = np.unique(data)
+    unknown = [v for v in values.tolist() if v not in allowed]
+    if unknown:
+        table = ", ".join(f"{lb.value} {lb.name}" for lb in LABELS)
+        raise ValueError(
+            f"NIfTI label map {path} holds values {unknown[:10]} that are not label numbers "
+            f"(0 background, {table})."
+        )
+    return data.astype(np.uint8), np.asarray(image.affine, dtype=np.float64)
+
+
+def resample_label_map(
+    labels: np.ndarray,
+    labels_affine_ras: np.ndarray,
+    target_shape: Sequence[int],
+    target_affine_ras: np.ndarray,
+) -> tuple[np.ndarray, float]:
+    """Nearest-neighbour resampling of a label map onto another grid.
+
+    Each target voxel index goes through ``target_affine_ras`` to RAS mm and through
+    the inverse of ``labels_affine_ras`` to a (rounded) source index; target voxels
+    whose source index lies outside ``labels`` become 0.
+
+    Args:
+        labels: source label map (any 3D index order).
+        labels_affine_ras: 4x4 affine of ``labels`` (index -> RAS mm).
+        target_shape: (rows, cols, n_slices) of the target grid.
+        target_affine_ras: 4x4 affine of the target grid (index -> RAS mm).
+
+    Returns:
+        (label map of ``target_shape`` in the dtype of ``labels``, fraction of target
+        voxels that fell inside the source).
+
+    Raises:
+        ValueError: if an affine is not an invertible 4x4 matrix or ``labels`` is not 3D.
+    """
+    src = np.asarray(labels)
+    if src.ndim != 3:
+        raise ValueError(f"`labels` must be 3D, got shape {src.shape}.")
+    source_affine = np.asarray(labels_affine_ras, dtype=np.float64)
+    target_affine = np.asarray(target_affine_ras, dtype=np.float64)
+    for name, affine in (("labels_affine_ras", source_affine), ("target_affine_ras", target_affine)):
+        if affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+            raise ValueError(f"`{name}` must be an invertible 4x4 affine, got\n{affine}.")
+    rows, cols, n_slices = (int(s) for s in target_shape)
+    # target index -> source index in one matrix
+    transform = np.linalg.inv(source_affine) @ target_affine
+    out = np.zeros((rows, cols, n_slices), dtype=src.dtype)
+    base = (
+        np.arange(rows, dtype=np.float64)[:, None, None] * transform[:3, 0]
+        + np.arange(cols, dtype=np.float64)[None, :, None] * transform[:3, 1]
+        + transform[:3, 3]
+    )
+    limits = np.asarray(src.shape)
+    inside_total = 0
+    for k in range(n_slices):
+        index = np.floor(base + k * transform[:3, 2] + 0.5).astype(np.int64)  # (rows, cols, 3)
+        inside = np.all((index >= 0) & (index < limits), axis=-1)
+        if not inside.any():
+            continue
+        inside_total += int(inside.sum())
+        picked = index[inside]
+        out[:, :, k][inside] = src[picked[:, 0], picked[:, 1], picked[:, 2]]
+    return out, inside_total / float(max(rows * cols * n_slices, 1))
+
+
+def write_label_map_dicom(
+    series_dir: str | Path,
+    labels_path: str | Path,
+    out_dir: str | Path,
+    *,
+    fmt: str | LabelMapFormat = LabelMapFormat.RTSTRUCT,
+    root_uid: str | None = None,
+    series_uid: str | None = None,
+) -> list[Path]:
+    """Write a NIfTI label map as an RT Structure Set and/or DICOM-SEG of a CT series.
+
+    The label map (any affine) is resampled onto the CT grid with
+    :func:`resample_label_map`; a warning is logged when it does not cover the whole
+    series (the uncovered voxels become background).
+
+    Args:
+        series_dir: folder with the CT series.
+        labels_path: NIfTI label map (values from the label table).
+        out_dir: output folder (created); files are ``RS.<SOPInstanceUID>.dcm`` and
+            ``SEG_<SOPInstanceUID>.dcm``.
+        fmt: ``"rtstruct"`` (default), ``"seg"`` or ``"both"``.
+        root_uid: UID root for the new objects (default: the writers' default root).
+        series_uid: SeriesInstanceUID to read when ``series_dir`` holds several CT series.
+
+    Returns:
+        the written files.
+
+    Raises:
+        ValueError: for a bad label map (see :func:`load_label_nifti`), one that does not
+            overlap the series at all, an unknown ``fmt``, or an unreadable series
+            (:class:`~vacseg_monai.dicom.errors.DicomSeriesError`).
+    """
+    from vacseg_monai.dicom.rtstruct import write_rtstruct
+    from vacseg_monai.dicom.seg import write_seg
+    from vacseg_monai.dicom.series import read_series
+
+    try:
+        fmt = LabelMapFormat(getattr(fmt, "value", fmt))
+    except ValueError:
+        raise ValueError(f"`fmt` must be one of {[f.value for f in LabelMapFormat]}, got {fmt!r}.") from None
+    labels, affine = load_label_nifti(labels_path)
+    series = read_series(series_dir, series_uid=series_uid)
+    resampled, covered = resample_label_map(labels, affine, series.shape, series.affine_ras)
+    if covered == 0:
+        raise ValueError(
+            f"NIfTI label map {labels_path} does not overlap CT series {series.series_instance_uid} at all; "
+            "check that its affine is in RAS (NIfTI) and belongs to this patient."
+        )
+    if covered < 1.0:
+        logger.warning(
+            "NIfTI label map %s covers only %.1f %% of CT series %s; the voxels outside it are set to background.",
+            labels_path, 100.0 * covered, series.series_instance_uid,
+        )
+    kwargs = {} if root_uid is None else {"root_uid": root_uid}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if fmt in (LabelMapFormat.RTSTRUCT, LabelMapFormat.BOTH):
+        ds = write_rtstruct(resampled, series, None, **kwargs)
+        path = out / f"RS.{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        written.append(path)
+    if fmt in (LabelMapFormat.SEG, LabelMapFormat.BOTH):
+        seg = write_seg(resampled, series, out, **kwargs)
+        written.append(out / f"SEG_{seg.SOPInstanceUID}.dcm")
+    logger.info("Wrote %s for series %s: %s", fmt.value, series.series_instance_uid, [str(p) for p in written])
+    return written
