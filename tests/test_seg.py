@@ -254,3 +254,13 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="root_uid"):
         write_seg(labels, series, root_uid="1.2.03.")
     assert not any((tmp_path / "ct").glob("SEG*"))
+
+
+def test_saved_seg_is_readable_by_others(tmp_path):
+    """The atomic save must not leave mkstemp's owner-only mode on the result."""
+    import stat
+
+    series = _ct_series(tmp_path / "ct")
+    path = tmp_path / "seg.dcm"
+    write_seg(_label_map(), series, path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -360,6 +360,7 @@ def _save(seg: hd.seg.Segmentation, out_path: Path) -> Path:
             seg.save_as(handle, enforce_file_format=True)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; results are read by other users and services
         os.replace(tmp_name, out_path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
