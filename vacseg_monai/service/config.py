@@ -33,7 +33,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PROCESSOR = "vacseg_monai.service.worker:StandInProcessor"
+DEFAULT_PROCESSOR = "vacseg_monai.service.processor:BundleProcessor"
 
 
 class OutputKind(str, enum.Enum):

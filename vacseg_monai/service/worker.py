@@ -262,6 +262,8 @@ def worker_main(config: NodeConfig, conn: multiprocessing.connection.Connection)
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s"
     )
+    if str(config.log_level).upper() != "DEBUG":  # one line per C-STORE is noise unless debugging
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     _exit_with_parent()
     store = JobStore(config.output_directory)
     try:

@@ -1,0 +1,87 @@
+"""The node's bundle processor on a real phantom series, with a tiny stand-in network.
+
+The shipped model's accuracy through the node is tested in test_service_bundle.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from monai.networks.nets import UNet
+
+from vacseg_monai.dicom.series import read_series
+from vacseg_monai.dicom.synthetic import write_ct_series
+from vacseg_monai.labels import LABELS, num_classes
+from vacseg_monai.paths import default_bundle_root
+from vacseg_monai.phantom import generate_phantom
+from vacseg_monai.service.processor import QA_PICTURE, TIMINGS_FILE, BundleProcessor
+
+TINY = {"channels": [4, 8, 16], "spatial_size": 32}
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    torch.manual_seed(0)
+    net = UNet(spatial_dims=2, in_channels=1, out_channels=num_classes(), channels=(4, 8, 16), strides=(2, 2),
+               num_res_units=2, norm="batch")
+    path = tmp_path_factory.mktemp("weights") / "model.pt"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ct_dir(tmp_path_factory):
+    phantom = generate_phantom(3, size=64)
+    folder = tmp_path_factory.mktemp("ct")
+    write_ct_series(phantom.image[:, :, :12], folder, pixel_spacing=phantom.pixel_spacing,
+                    slice_thickness=phantom.slice_thickness_mm)
+    return folder
+
+
+def test_processor_writes_rtstruct_seg_qa_and_timings(tmp_path, tiny_weights, ct_dir):
+    processor = BundleProcessor(bundle=default_bundle_root(), output="both", ckpt_path=tiny_weights,
+                                overrides=TINY, root_uid="1.2.826.0.1.3680043.8.498.")
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    files = processor(ct_dir, job_dir)
+
+    modalities = sorted(pydicom.dcmread(f, stop_before_pixels=True).Modality for f in files)
+    assert modalities == ["RTSTRUCT", "SEG"]
+    series = read_series(ct_dir)
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert ds.StudyInstanceUID == series.study_instance_uid
+        assert ds.SOPInstanceUID.startswith("1.2.826.0.1.3680043.8.498.")
+        errors = [line for line in subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True,
+                                                  timeout=60).stderr.splitlines() if line.startswith("Error")]
+        assert errors == [], path
+    rtstruct = pydicom.dcmread(next(f for f in files if "rtstruct" in f.name))
+    assert [roi.ROIName for roi in rtstruct.StructureSetROISequence] == [label.name for label in LABELS]
+
+    assert (job_dir / QA_PICTURE).stat().st_size > 10_000
+    timings = json.loads((job_dir / TIMINGS_FILE).read_text())
+    assert set(timings) >= {"read", "preprocess", "network", "resample_argmax", "clean_up", "write"}
+    assert all(value >= 0 for value in timings.values())
+
+
+def test_processor_refuses_a_folder_without_dicom(tmp_path, tiny_weights):
+    processor = BundleProcessor(bundle=default_bundle_root(), ckpt_path=tiny_weights, overrides=TINY)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=str(empty)):
+        processor(empty, tmp_path)
+
+
+def test_processor_names_missing_weights(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        BundleProcessor(bundle=default_bundle_root(), ckpt_path=tmp_path / "nothing.pt")
+
+
+def test_processor_refuses_output_none(tiny_weights):
+    with pytest.raises(ValueError, match="'none'"):
+        BundleProcessor(bundle=default_bundle_root(), ckpt_path=tiny_weights, output="none", overrides=TINY)

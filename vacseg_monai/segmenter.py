@@ -1,0 +1,152 @@
+"""The bundle's inference workflow held in memory, for callers that segment many volumes.
+
+``python -m monai.bundle run inference`` builds its components for one input and
+exits. The DICOM node's worker, the demo and the benchmarks load the bundle
+once and segment volume after volume: :class:`BundleSegmenter` parses the same
+``configs/inference.json`` (so network, checkpoint, preprocessing, inferer and
+postprocessing are exactly those of the bundle) and keeps them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vacseg_monai.inference import InferenceInput, OutputKind, SaveInferenceOutputsd
+from vacseg_monai.paths import default_bundle_root
+
+__all__ = ["BundleSegmenter", "Segmentation"]
+
+logger = logging.getLogger(__name__)
+
+_INFERENCE_CONFIG = Path("configs") / "inference.json"
+
+
+@dataclass
+class Segmentation:
+    """One segmented volume.
+
+    Attributes:
+        labels: uint8 label map ``(rows, cols, n_slices)`` on the input grid.
+        timings: seconds per stage (``preprocess``, ``network``, ``resample_argmax``, ``clean_up``).
+    """
+
+    labels: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class BundleSegmenter:
+    """Load the bundle's inference components once and segment volumes with them.
+
+    Args:
+        bundle: bundle folder (default: :func:`vacseg_monai.paths.default_bundle_root`).
+        ckpt_path: weights to load (default: the config's ``ckpt_path``, ``models/model.pt``).
+        device: torch device (default: the config's, CUDA when available, else CPU).
+        sw_batch_size: slices per forward batch (default: the config's).
+        overrides: further config overrides, ``{"key": value}`` as on the command line.
+
+    Raises:
+        FileNotFoundError: if the bundle has no ``configs/inference.json`` or the weights are missing.
+    """
+
+    def __init__(
+        self,
+        bundle: str | os.PathLike[str] | None = None,
+        *,
+        ckpt_path: str | os.PathLike[str] | None = None,
+        device: str | torch.device | None = None,
+        sw_batch_size: int | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
+        from monai.bundle import ConfigParser
+
+        self.bundle = Path(bundle if bundle is not None else default_bundle_root())
+        config_file = self.bundle / _INFERENCE_CONFIG
+        if not config_file.is_file():
+            raise FileNotFoundError(
+                f"Bundle {self.bundle} has no {_INFERENCE_CONFIG}; pass the bundle folder "
+                "(e.g. bundles/vacbag_ct_segmentation)."
+            )
+        parser = ConfigParser()
+        parser.read_config(str(config_file))
+        parser["bundle_root"] = str(self.bundle)
+        parser["progress_bar"] = False
+        if ckpt_path is not None:
+            parser["ckpt_path"] = str(ckpt_path)
+        if device is not None:
+            parser["device"] = f"$torch.device('{torch.device(device)}')"
+        if sw_batch_size is not None:
+            parser["sw_batch_size"] = int(sw_batch_size)
+        for key, value in (overrides or {}).items():
+            parser[key] = value
+        self.parser = parser
+
+        weights = Path(parser.get_parsed_content("ckpt_path"))
+        if not weights.is_file():
+            raise FileNotFoundError(f"Model weights {weights} not found; train the bundle or pass ckpt_path=.")
+        self.device = parser.get_parsed_content("device")
+        self.network = parser.get_parsed_content("network")
+        state = torch.load(weights, map_location=self.device, weights_only=True)
+        self.network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        self.network.eval()
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        self.inferer = parser.get_parsed_content("inferer")
+        # Postprocessing steps 0 and 1 (resample + argmax, clean-up) come from the config; step 2,
+        # the writer, needs the input and is built per volume by `write`.
+        self.resample_argmax = parser.get_parsed_content("postprocessing#transforms#0")
+        self.clean_up = parser.get_parsed_content("postprocessing#transforms#1")
+        self.root_uid = parser.get_parsed_content("root_uid")
+        logger.info("Loaded bundle %s weights %s on %s", self.bundle, weights, self.device)
+
+    def segment(self, source: InferenceInput) -> Segmentation:
+        """Segment one loaded input (:func:`vacseg_monai.inference.load_input`)."""
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        data = self.preprocessing({"image": source.image})
+        timings["preprocess"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        with torch.inference_mode():
+            logits = self.inferer(data["image"][None].to(self.device), self.network)[0]
+        timings["network"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        data = self.resample_argmax({"pred": logits, "image": data["image"]})
+        timings["resample_argmax"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        data = self.clean_up(data)
+        timings["clean_up"] = time.perf_counter() - start
+        labels = np.ascontiguousarray(data["pred"][0].cpu().numpy(), dtype=np.uint8)
+        logger.info(
+            "Segmented %s in %.2f s (%s)",
+            source.path,
+            sum(timings.values()),
+            ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()),
+        )
+        return Segmentation(labels=labels, timings=timings)
+
+    def write(
+        self,
+        source: InferenceInput,
+        labels: np.ndarray,
+        output_dir: str | os.PathLike[str],
+        output: str | OutputKind = OutputKind.RTSTRUCT,
+        root_uid: str | None = None,
+    ) -> list[Path]:
+        """Write the label map as the bundle does (NIfTI, plus RTSTRUCT/SEG for DICOM input)."""
+        writer = SaveInferenceOutputsd(
+            keys="pred",
+            source=source,
+            output_dir=output_dir,
+            output=output,
+            root_uid=root_uid or self.root_uid,
+        )
+        return writer.write(labels)

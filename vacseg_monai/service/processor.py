@@ -1,0 +1,109 @@
+"""The node's processor: the shipped bundle, loaded once per worker, turns a CT series into RTSTRUCT/SEG.
+
+The worker calls :class:`BundleProcessor` once per job with the job's series
+folder; it writes the results under ``<job>/output`` and returns the DICOM files
+to export. Beside the job record it leaves ``qa.png`` (contours drawn on a few
+slices, for a person to glance at) and ``timings.json`` (seconds per stage).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vacseg_monai.inference import InputKind, OutputKind, load_input
+from vacseg_monai.qa import OverlayPanel, save_overlay_montage
+from vacseg_monai.segmenter import BundleSegmenter
+
+__all__ = ["BundleProcessor", "QA_PICTURE", "TIMINGS_FILE", "save_qa_picture"]
+
+logger = logging.getLogger(__name__)
+
+QA_PICTURE = "qa.png"
+TIMINGS_FILE = "timings.json"
+
+
+def save_qa_picture(image: np.ndarray, labels: np.ndarray, path: Path, *, title: str, n_panels: int = 4) -> Path:
+    """Write a montage of ``n_panels`` slices spread over the labelled range, contours on the CT.
+
+    Args:
+        image: CT in HU ``(rows, cols, n)``.
+        labels: label map ``(rows, cols, n)``.
+        path: PNG to write.
+        title: figure title.
+        n_panels: slices shown (default 4).
+    """
+    labelled = np.flatnonzero(labels.any(axis=(0, 1)))
+    candidates = labelled if labelled.size else np.arange(labels.shape[2])
+    picks = np.unique(candidates[np.linspace(0, candidates.size - 1, n_panels).round().astype(int)])
+    panels = [
+        OverlayPanel(image=image[:, :, k], contours=labels[:, :, k], title=f"slice {k + 1}/{labels.shape[2]}")
+        for k in picks
+    ]
+    return save_overlay_montage(panels, path, suptitle=title, contours_name="auto contour")
+
+
+class BundleProcessor:
+    """Processor factory for the worker (``--processor vacseg_monai.service.processor:BundleProcessor``).
+
+    Args:
+        bundle: bundle folder (default: the repository's ``bundles/vacbag_ct_segmentation``).
+        output: ``rtstruct`` (default), ``seg`` or ``both``.
+        root_uid: UID root for the written objects (default: the bundle config's).
+        device: torch device (default: CUDA when available, else CPU).
+        ckpt_path: weights (default: the bundle's ``models/model.pt``).
+        qa_picture: write ``qa.png`` per job (default True).
+        overrides: bundle config overrides, e.g. ``{"sw_batch_size": 32}`` (TOML ``[processor_args]``).
+        **_: other worker arguments, ignored.
+    """
+
+    def __init__(
+        self,
+        *,
+        bundle: str | os.PathLike[str] | None = None,
+        output: str | OutputKind = OutputKind.RTSTRUCT,
+        root_uid: str | None = None,
+        device: str | None = None,
+        ckpt_path: str | os.PathLike[str] | None = None,
+        qa_picture: bool = True,
+        overrides: dict | None = None,
+        **_: object,
+    ) -> None:
+        self.output = OutputKind.coerce(getattr(output, "value", output))
+        if self.output is OutputKind.NONE:
+            raise ValueError("The node must produce RTSTRUCT and/or SEG: `output` 'none' sends nothing back.")
+        self.root_uid = root_uid
+        self.qa_picture = qa_picture
+        self.segmenter = BundleSegmenter(bundle, ckpt_path=ckpt_path, device=device, overrides=overrides)
+
+    def __call__(self, series_dir: Path, job_dir: Path) -> list[Path]:
+        """Segment the series in ``series_dir``; return the RTSTRUCT/SEG files written under ``job_dir/output``.
+
+        Raises:
+            vacseg_monai.dicom.errors.DicomSeriesError: for a series the DICOM core refuses.
+            ValueError: when the folder holds no DICOM CT series.
+        """
+        start = time.perf_counter()
+        source = load_input(series_dir)
+        if source.kind is not InputKind.DICOM:
+            raise ValueError(f"Job folder {series_dir} does not hold a DICOM series (found {source.kind.value}).")
+        timings = {"read": time.perf_counter() - start}
+        result = self.segmenter.segment(source)
+        timings.update(result.timings)
+
+        start = time.perf_counter()
+        written = self.segmenter.write(source, result.labels, job_dir / "output", self.output, self.root_uid)
+        timings["write"] = time.perf_counter() - start
+        if self.qa_picture:
+            start = time.perf_counter()
+            image = source.image[0].cpu().numpy()
+            uid = source.series.series_instance_uid if source.series is not None else source.name
+            save_qa_picture(image, result.labels, job_dir / QA_PICTURE, title=f"series {uid}")
+            timings["qa_picture"] = time.perf_counter() - start
+        (job_dir / TIMINGS_FILE).write_text(json.dumps({k: round(v, 4) for k, v in timings.items()}, indent=1))
+        return [path for path in written if path.suffix == ".dcm"]
