@@ -45,9 +45,10 @@ def _make_layout(root: Path) -> None:
             np.save(root / f"p{p}" / "mask" / f"{i}.npy", mask)
 
 
-def _run_bundle(config_files: list[Path], overrides: dict[str, str]) -> subprocess.CompletedProcess:
+def _run_bundle(run_id: str, config_files: list[Path], overrides: dict[str, str]) -> subprocess.CompletedProcess:
+    """`python -m monai.bundle run <run_id> ...`, as the README documents it."""
     command = [
-        sys.executable, "-m", "monai.bundle", "run",
+        sys.executable, "-m", "monai.bundle", "run", run_id,
         "--config_file", repr([str(f) for f in config_files]),
         "--meta_file", str(CONFIGS / "metadata.json"),
         "--logging_file", str(CONFIGS / "logging.conf"),
@@ -77,7 +78,7 @@ def trained(tmp_path_factory):
         "num_workers": "0",
         "progress_bar": "False",
     }
-    result = _run_bundle([CONFIGS / "train.json"], overrides)
+    result = _run_bundle("training", [CONFIGS / "train.json"], overrides)
     return root, overrides, result.stdout + result.stderr
 
 
@@ -121,7 +122,7 @@ def test_evaluate_config_reloads_best_model(trained):
     root, overrides, log = trained
     best = max(float(v) for v in re.findall(r"val_mean_dice: (\d\.\d+)", log))
     eval_overrides = {k: v for k, v in overrides.items() if k != "max_epochs"} | {"output_dir": str(root / "eval")}
-    _run_bundle([CONFIGS / "train.json", CONFIGS / "evaluate.json"], eval_overrides)
+    _run_bundle("evaluating", [CONFIGS / "train.json", CONFIGS / "evaluate.json"], eval_overrides)
     with open(root / "eval" / "metrics.csv", newline="") as f:
         metrics = {row[0]: float(row[1]) for row in csv.reader(f)}
     assert metrics["val_mean_dice"] == pytest.approx(best, abs=1e-4)
