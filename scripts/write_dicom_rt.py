@@ -15,7 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
-from vacseg_monai.dicom.convert import LabelMapFormat, write_label_map_dicom
+from vacseg_monai.dicom.convert import write_label_map_dicom
+from vacseg_monai.dicom.outputs import OutputKind
 
 __all__ = ["main"]
 
@@ -34,7 +35,7 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
     out = parser.add_argument_group("Output")
     out.add_argument("-od", "--out", "--output-directory", dest="out", type=Path, required=True, metavar="OUT_DIR",
                      help="output folder (created)")
-    out.add_argument("--format", choices=[f.value for f in LabelMapFormat], default=LabelMapFormat.RTSTRUCT.value,
+    out.add_argument("--format", choices=[f.value for f in OutputKind if f is not OutputKind.NONE], default=OutputKind.RTSTRUCT.value,
                      help="rtstruct (default), seg or both")
     out.add_argument("--root-uid", default=None, help="UID root for the new objects (must end with '.')")
     verbosity = parser.add_argument_group("Logging").add_mutually_exclusive_group()

@@ -47,6 +47,7 @@ from monai.transforms import MapTransform
 from scipy import ndimage
 
 from vacseg_monai.dicom.geometry import affine_lps, lps_to_ras
+from vacseg_monai.dicom.outputs import OutputKind
 from vacseg_monai.labels import BACKGROUND, LABELS, Label
 
 if TYPE_CHECKING:
@@ -94,29 +95,6 @@ class InputKind(str, enum.Enum):
     DICOM = "dicom"
     NIFTI = "nifti"
     NPY = "npy"
-
-
-class OutputKind(str, enum.Enum):
-    """DICOM objects written for a DICOM input (``--output``)."""
-
-    RTSTRUCT = "rtstruct"
-    SEG = "seg"
-    BOTH = "both"
-    NONE = "none"
-
-    @classmethod
-    def coerce(cls, value: str | OutputKind) -> OutputKind:
-        """Return ``value`` as an :class:`OutputKind`.
-
-        Raises:
-            ValueError: naming the accepted values.
-        """
-        try:
-            return cls(str(value.value if isinstance(value, cls) else value).lower())
-        except ValueError:
-            raise ValueError(
-                f"`output` must be one of {[k.value for k in cls]}, got {value!r}."
-            ) from None
 
 
 @dataclass
@@ -653,13 +631,13 @@ class SaveInferenceOutputsd(MapTransform):
 
         series = self.source.series
         if self.source.kind is InputKind.DICOM and series is not None:
-            if self.output in (OutputKind.RTSTRUCT, OutputKind.BOTH):
+            if self.output.rtstruct:
                 from vacseg_monai.dicom.rtstruct import write_rtstruct
 
                 path = self.output_dir / f"{name}_rtstruct.dcm"
                 write_rtstruct(labels, series, path, label_table=self.label_table, root_uid=self.root_uid)
                 written.append(path)
-            if self.output in (OutputKind.SEG, OutputKind.BOTH):
+            if self.output.seg:
                 from vacseg_monai.dicom.seg import write_seg
 
                 path = self.output_dir / f"{name}_seg.dcm"

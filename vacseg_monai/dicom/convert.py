@@ -56,6 +56,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage
 
+from vacseg_monai.dicom.outputs import OutputKind
 from vacseg_monai.labels import BACKGROUND, LABELS, label_by_name
 
 if TYPE_CHECKING:
@@ -66,7 +67,6 @@ __all__ = [
     "REPORT_JSON",
     "ConversionRecord",
     "ConversionReport",
-    "LabelMapFormat",
     "OutputFormat",
     "SkipReason",
     "convert_exports",
@@ -96,14 +96,6 @@ class OutputFormat(str, enum.Enum):
 
     NPY = "npy"
     NIFTI = "nifti"
-    BOTH = "both"
-
-
-class LabelMapFormat(str, enum.Enum):
-    """DICOM objects :func:`write_label_map_dicom` writes."""
-
-    RTSTRUCT = "rtstruct"
-    SEG = "seg"
     BOTH = "both"
 
 
@@ -904,7 +896,7 @@ def write_label_map_dicom(
     labels_path: str | Path,
     out_dir: str | Path,
     *,
-    fmt: str | LabelMapFormat = LabelMapFormat.RTSTRUCT,
+    fmt: str | OutputKind = OutputKind.RTSTRUCT,
     root_uid: str | None = None,
     series_uid: str | None = None,
 ) -> list[Path]:
@@ -936,9 +928,9 @@ def write_label_map_dicom(
     from vacseg_monai.dicom.series import read_series
 
     try:
-        fmt = LabelMapFormat(getattr(fmt, "value", fmt))
+        fmt = OutputKind(getattr(fmt, "value", fmt))
     except ValueError:
-        raise ValueError(f"`fmt` must be one of {[f.value for f in LabelMapFormat]}, got {fmt!r}.") from None
+        raise ValueError(f"`fmt` must be one of {[f.value for f in OutputKind]}, got {fmt!r}.") from None
     labels, affine = load_label_nifti(labels_path)
     series = read_series(series_dir, series_uid=series_uid)
     resampled, covered = resample_label_map(labels, affine, series.shape, series.affine_ras)
@@ -956,12 +948,12 @@ def write_label_map_dicom(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    if fmt in (LabelMapFormat.RTSTRUCT, LabelMapFormat.BOTH):
+    if fmt.rtstruct:
         ds = write_rtstruct(resampled, series, None, **kwargs)
         path = out / f"RS.{ds.SOPInstanceUID}.dcm"
         ds.save_as(path, enforce_file_format=True)
         written.append(path)
-    if fmt in (LabelMapFormat.SEG, LabelMapFormat.BOTH):
+    if fmt.seg:
         seg = write_seg(resampled, series, out, **kwargs)
         written.append(out / f"SEG_{seg.SOPInstanceUID}.dcm")
     logger.info("Wrote %s for series %s: %s", fmt.value, series.series_instance_uid, [str(p) for p in written])

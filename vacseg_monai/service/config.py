@@ -11,12 +11,12 @@ the command line win over the file.
 from __future__ import annotations
 
 import argparse
-import enum
 import logging
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from vacseg_monai.dicom.outputs import OutputKind
 from vacseg_monai.service.uids import InvalidUIDError, sanitize_uid
 
 __all__ = [
@@ -34,14 +34,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROCESSOR = "vacseg_monai.service.processor:BundleProcessor"
-
-
-class OutputKind(str, enum.Enum):
-    """What the node sends back: RT Structure Set, DICOM-SEG or both."""
-
-    RTSTRUCT = "rtstruct"
-    SEG = "seg"
-    BOTH = "both"
 
 
 @dataclass(frozen=True)
@@ -266,7 +258,7 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
     out = parser.add_argument_group("Output")
     out.add_argument("-od", "--output-directory", "--storage_path", dest="output_directory", type=Path, metavar="DIR", help="directory for jobs, received series and results (default vacseg_node)")
-    out.add_argument("--output", choices=[k.value for k in OutputKind], help="result objects to produce: rtstruct, seg or both (default rtstruct)")
+    out.add_argument("--output", choices=[k.value for k in OutputKind if k is not OutputKind.NONE], help="result objects to produce: rtstruct, seg or both (default rtstruct)")
     out.add_argument("--export-series", "--export_series", dest="export_series", nargs="?", const=True, type=_argparse_type(parse_bool), metavar="BOOL", help="also send the received CT series back to the destination (a bare flag means True; accepts True/False)")
     out.add_argument("--root-uid", dest="root_uid", metavar="UID", help="UID root for generated series/instance UIDs (default: pydicom's root)")
     out.add_argument("--min-free-mb", dest="min_free_mb", type=float, metavar="MB", help="refuse instances with status 0xA700 when the output disk has less free space (default 500)")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
 import secrets
 import shutil
 import signal
@@ -31,7 +30,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from vacseg_monai.service.config import NodeConfig
-from vacseg_monai.service.jobs import JobState, JobStore, fsync_dir
+from vacseg_monai.service.jobs import JobState, JobStore, write_atomic
 from vacseg_monai.service.uids import InvalidUIDError, sanitize_uid
 from vacseg_monai.service.worker import WorkerProcess
 
@@ -137,7 +136,7 @@ class SeriesAssembler:
             series.sop_uids.add(sop_uid)
             job_id = series.job_id
         try:
-            _write_durably(self.store.series_dir(job_id) / f"{sop_uid}.dcm", data)
+            write_atomic(self.store.series_dir(job_id) / f"{sop_uid}.dcm", data)
         except BaseException:
             with self._lock:
                 series.sop_uids.discard(sop_uid)
@@ -225,20 +224,6 @@ class SeriesAssembler:
             for series in self._open.values():
                 if series.timer is not None:
                     series.timer.cancel()
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def handle_store(event: evt.Event, assembler: SeriesAssembler) -> int:
