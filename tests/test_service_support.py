@@ -137,3 +137,95 @@ class FailOnDescriptionProcessor(StandInProcessor):
         if first.get("SeriesDescription") == "please fail":
             raise ValueError(f"refusing series {first.SeriesInstanceUID} as asked")
         return super().__call__(series_dir, job_dir)
+
+
+def write_phantom_series(seed: int, out_dir: Path, *, size: int = 512, n_slices: int | None = None):
+    """A phantom written as DICOM CT + truth RTSTRUCT; ``n_slices`` keeps that many slices from the bag's middle.
+
+    Returns the :class:`~vacseg_monai.dicom.phantom_dicom.PhantomDicom` of
+    ``write_phantom_dicom``. Cropping keeps inference short on a loaded CPU.
+    """
+    import dataclasses
+
+    from vacseg_monai.dicom.phantom_dicom import write_phantom_dicom
+    from vacseg_monai.phantom import generate_phantom
+
+    phantom = generate_phantom(seed, size=size)
+    if n_slices is not None and n_slices < phantom.n_slices:
+        start, stop = phantom.bag_slices
+        first = max(0, min((start + stop - n_slices) // 2, phantom.n_slices - n_slices))
+        keep = slice(first, first + n_slices)
+        phantom = dataclasses.replace(
+            phantom, image=phantom.image[:, :, keep], labels=phantom.labels[:, :, keep],
+            tissues=phantom.tissues[:, :, keep],
+            bag_slices=(max(start - first, 0), min(stop - first, n_slices)),
+        )
+    return write_phantom_dicom(phantom, out_dir)
+
+
+class NodeProcess:
+    """``scripts/serve_scp.py`` as a subprocess in its own process group, logging to ``log_path``.
+
+    The worker is spawned by the node, so it shares the group and the log file:
+    :meth:`kill9` kills both like a power cut, :meth:`stop` asks for a clean stop.
+    """
+
+    def __init__(self, output_directory: Path, log_path: Path, args: list[str], *, port: int | None = None,
+                 pythonpath: list[Path] | None = None) -> None:
+        self.output_directory = Path(output_directory)
+        self.log_path = Path(log_path)
+        self.args = list(args)
+        self.port = port or free_port()
+        self.pythonpath = [str(p) for p in (pythonpath or [TESTS_DIR, REPO])]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> NodeProcess:
+        import sys
+
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(self.pythonpath)}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(REPO / "scripts" / "serve_scp.py"), str(self.port), "-od",
+                 str(self.output_directory), *self.args],
+                env=env, start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            )
+        try:
+            wait_until(lambda: self.proc.poll() is not None or "Echo Response (Success)" in echoscu(self.port).stderr,
+                       timeout, f"node on port {self.port} answering C-ECHO", interval=0.3)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Node exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        except BaseException:
+            self.kill9()
+            raise
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill9(self) -> None:
+        """SIGKILL the whole process group (SCP and worker), then reap the SCP."""
+        import signal
+
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 20) -> int | None:
+        """SIGTERM (clean stop), SIGKILL of the group if it takes longer than ``timeout``; returns the exit code."""
+        import signal
+
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        code = self.proc.poll()
+        self.kill9()  # the worker too, should it outlive the SCP
+        return code

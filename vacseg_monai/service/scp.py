@@ -226,6 +226,30 @@ class SeriesAssembler:
                     series.timer.cancel()
 
 
+def _pixel_data_problem(ds, transfer_syntax) -> str | None:
+    """Say what is wrong with the native (uncompressed) pixel data of ``ds``, or None.
+
+    Only the length is checked: native pixel data shorter than Rows x Columns x
+    SamplesPerPixel x frames x BitsAllocated/8 cannot be decoded later, so the
+    instance is refused now rather than accepted and failed in the worker.
+    Encapsulated (compressed) pixel data is left to the series reader.
+    """
+    if "PixelData" not in ds or getattr(transfer_syntax, "is_encapsulated", True):
+        return None
+    try:
+        bits = int(ds.BitsAllocated)
+        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(
+            ds.get("NumberOfFrames", 1) or 1
+        )
+        expected = (expected * bits + 7) // 8
+    except (AttributeError, TypeError, ValueError):
+        return "the pixel data has no usable Rows, Columns or BitsAllocated"
+    got = len(ds.PixelData)
+    if got < expected:
+        return f"the pixel data holds {got} bytes where Rows, Columns and BitsAllocated need {expected} (truncated?)"
+    return None
+
+
 def handle_store(event: evt.Event, assembler: SeriesAssembler) -> int:
     """EVT_C_STORE handler: store durably, then acknowledge.
 
@@ -263,6 +287,14 @@ def handle_store(event: evt.Event, assembler: SeriesAssembler) -> int:
     except InvalidUIDError:
         logger.exception("Refusing instance from %s with an invalid UID", peer)
         return StoreStatus.INVALID_UID
+    try:
+        problem = _pixel_data_problem(ds, event.context.transfer_syntax)
+    except Exception:
+        logger.exception("Cannot decode the pixel data of instance %s from %s", uids["SOPInstanceUID"], peer)
+        return StoreStatus.CANNOT_UNDERSTAND
+    if problem is not None:
+        logger.error("Refusing instance %s from %s: %s", uids["SOPInstanceUID"], peer, problem)
+        return StoreStatus.CANNOT_UNDERSTAND
     try:
         data = event.encoded_dataset(include_meta=True)
         written = assembler.store_instance(
