@@ -598,8 +598,13 @@ class SaveInferenceOutputsd(MapTransform):
                 f"Label map for {self.source.path} holds values {unknown} not in the label table {sorted(allowed)}."
             )
 
-    def write(self, labels: np.ndarray) -> list[Path]:
+    def write(self, labels: np.ndarray, nifti: bool = True) -> list[Path]:
         """Write every output for one label map ``(rows, cols, n)``; return the paths.
+
+        Args:
+            labels: the label map.
+            nifti: also write the NIfTI label map (default True; the DICOM node, which only
+                sends DICOM back, skips it).
 
         Raises:
             ValueError: if the label map does not match the input or holds unknown values.
@@ -612,12 +617,13 @@ class SaveInferenceOutputsd(MapTransform):
         name = self.source.name
         written: list[Path] = []
 
-        nifti_path = self.output_dir / f"{name}_labels.nii.gz"
-        image = nib.Nifti1Image(labels, self.source.affine)
-        image.header.set_xyzt_units("mm")
-        nib.save(image, str(nifti_path))
-        logger.info("Wrote NIfTI label map %s", nifti_path)
-        written.append(nifti_path)
+        if nifti:
+            nifti_path = self.output_dir / f"{name}_labels.nii.gz"
+            image = nib.Nifti1Image(labels, self.source.affine)
+            image.header.set_xyzt_units("mm")
+            nib.save(image, str(nifti_path))
+            logger.info("Wrote NIfTI label map %s", nifti_path)
+            written.append(nifti_path)
 
         if self.source.kind is InputKind.NPY and self.source.slice_indices is not None:
             mask_dir = self.output_dir / name / _MASK_DIR

@@ -140,8 +140,9 @@ class BundleSegmenter:
         output_dir: str | os.PathLike[str],
         output: str | OutputKind = OutputKind.RTSTRUCT,
         root_uid: str | None = None,
+        nifti: bool = True,
     ) -> list[Path]:
-        """Write the label map as the bundle does (NIfTI, plus RTSTRUCT/SEG for DICOM input)."""
+        """Write the label map as the bundle does (NIfTI unless ``nifti=False``, plus RTSTRUCT/SEG for DICOM input)."""
         writer = SaveInferenceOutputsd(
             keys="pred",
             source=source,
@@ -149,4 +150,4 @@ class BundleSegmenter:
             output=output,
             root_uid=root_uid or self.root_uid,
         )
-        return writer.write(labels)
+        return writer.write(labels, nifti=nifti)

@@ -97,7 +97,9 @@ class BundleProcessor:
         timings.update(result.timings)
 
         start = time.perf_counter()
-        written = self.segmenter.write(source, result.labels, job_dir / "output", self.output, self.root_uid)
+        written = self.segmenter.write(
+            source, result.labels, job_dir / "output", self.output, self.root_uid, nifti=False
+        )
         timings["write"] = time.perf_counter() - start
         if self.qa_picture:
             start = time.perf_counter()
@@ -106,4 +108,4 @@ class BundleProcessor:
             save_qa_picture(image, result.labels, job_dir / QA_PICTURE, title=f"series {uid}")
             timings["qa_picture"] = time.perf_counter() - start
         (job_dir / TIMINGS_FILE).write_text(json.dumps({k: round(v, 4) for k, v in timings.items()}, indent=1))
-        return [path for path in written if path.suffix == ".dcm"]
+        return written
