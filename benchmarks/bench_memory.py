@@ -1,0 +1,199 @@
+"""Memory: the worker's peak RSS on a long series, and the SCP's RSS while it receives many instances.
+
+1. Worker: a fresh subprocess loads the bundle (BundleSegmenter), reads a
+   ``--slices`` (default 300) slice 512 x 512 phantom series, segments it and
+   writes the RTSTRUCT; it reports ``ru_maxrss`` (peak RSS) after loading the
+   model and at the end, and VmHWM. Target: peak <= 3 GB.
+2. SCP: the node (``scripts/serve_scp.py``, stand-in processor) receives
+   ``--instances`` (default 1,000) small CT images (``--scp-size`` 64 x 64) of one
+   series over one DCMTK storescu association; the SCP process's VmRSS is
+   sampled every 50 ms during the send. Target: flat, i.e. growth over the send
+   small (reported in MiB, total and over the second half).
+
+    .venv/bin/python -m benchmarks.bench_memory [--slices 300] [--instances 1000] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    PYTHON,
+    REPO_ROOT,
+    DicomPeer,
+    emit,
+    machine_info,
+    phantom_series,
+    proc_status_kb,
+    small_series,
+    storescu_send,
+    table,
+    work_root,
+)
+
+__all__ = ["main", "run", "scp_rss", "worker_peak"]
+
+logger = logging.getLogger(__name__)
+
+GB = 1e9
+STAND_IN = "vacseg_monai.service.worker:StandInProcessor"
+
+
+def _child_segment(series_dir: str) -> dict[str, Any]:
+    """Runs in the child: load, segment, write; return memory and timing figures."""
+    from vacseg_monai.inference import OutputKind, load_input
+    from vacseg_monai.segmenter import BundleSegmenter
+
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    start = time.perf_counter()
+    segmenter = BundleSegmenter()
+    after_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    source = load_input(series_dir)
+    after_read = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = segmenter.segment(source)
+    after_segment = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with tempfile.TemporaryDirectory() as out:
+        written = segmenter.write(source, result.labels, out, OutputKind.RTSTRUCT)
+        n_written = len(written)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "ru_maxrss_kib": {"start": kib, "after_model": after_model, "after_read": after_read,
+                          "after_segment": after_segment, "end": peak},
+        "vmhwm_kib": proc_status_kb(os.getpid(), "VmHWM"),
+        "seconds": round(time.perf_counter() - start, 2),
+        "timings": {k: round(v, 3) for k, v in result.timings.items()},
+        "files_written": n_written,
+    }
+
+
+def worker_peak(slices: int = 300, size: int = 512) -> dict[str, Any]:
+    """Peak RSS of a fresh process segmenting a ``slices`` slice series and writing the RTSTRUCT."""
+    files = phantom_series(slices, size=size)
+    proc = subprocess.run([PYTHON, "-m", "benchmarks.bench_memory", "--child-segment", str(files[0].parent)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"Segmenting child failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
+    peak_bytes = child["ru_maxrss_kib"]["end"] * 1024
+    return {
+        "series": {"slices": slices, "rows": size, "cols": size,
+                   "ct_bytes_int16": slices * size * size * 2},
+        **child,
+        "peak_gb": round(peak_bytes / GB, 3),
+        "target_gb": 3.0,
+        "met": peak_bytes <= 3.0 * GB,
+    }
+
+
+def scp_rss(instances: int = 1000, size: int = 64, interval: float = 0.05) -> dict[str, Any]:
+    """VmRSS of the node's SCP process sampled while it receives ``instances`` images over one association."""
+    files = small_series(instances, size=size)
+    samples: list[tuple[float, int]] = []
+    with tempfile.TemporaryDirectory(dir=work_root()) as tmp, DicomPeer("node", Path(tmp) / "node",
+                                                         node_args=["--processor", STAND_IN]) as node:
+        pid = node.proc.pid
+        time.sleep(1.0)  # let start-up settle
+        idle = proc_status_kb(pid)
+        done = threading.Event()
+
+        def sample() -> None:
+            t0 = time.perf_counter()
+            while not done.is_set():
+                value = proc_status_kb(pid)
+                if value is not None:
+                    samples.append((time.perf_counter() - t0, value))
+                done.wait(interval)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            seconds = storescu_send(files, node.port, node.ae_title, timeout=600)
+        finally:
+            done.set()
+            sampler.join(5)
+        after = proc_status_kb(pid)
+    values = [v for _, v in samples]
+    half = values[len(values) // 2:]
+    mib = 1024.0
+    return {
+        "instances": instances,
+        "image_size": [size, size],
+        "send_s": round(seconds, 3),
+        "images_per_s": round(instances / seconds, 1),
+        "samples": len(values),
+        "rss_mib": {
+            "idle_before": round(idle / mib, 1),
+            "first_sample": round(values[0] / mib, 1),
+            "max": round(max(values) / mib, 1),
+            "last_sample": round(values[-1] / mib, 1),
+            "after_send": round(after / mib, 1) if after is not None else None,
+        },
+        "growth_mib": round((values[-1] - values[0]) / mib, 1),
+        "growth_second_half_mib": round((half[-1] - half[0]) / mib, 1),
+        "growth_vs_idle_mib": round((max(values) - idle) / mib, 1),
+        "trace": [[round(t, 2), round(v / mib, 1)] for t, v in samples[:: max(1, len(samples) // 200)]],
+    }
+
+
+def run(slices: int = 300, size: int = 512, instances: int = 1000, scp_size: int = 64) -> dict[str, Any]:
+    """Both measurements; see the module docstring."""
+    worker = worker_peak(slices, size)
+    scp = scp_rss(instances, scp_size)
+    return {
+        "benchmark": "memory",
+        "worker": worker,
+        "scp": scp,
+        "met": {"worker_peak": worker["met"], "scp_flat": scp["growth_second_half_mib"] <= 20.0},
+        "targets": {"worker_peak_gb": 3.0, "scp_growth_second_half_mib_max": 20.0},
+        "machine": machine_info(),
+    }
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The human-readable table."""
+    w, s = result["worker"], result["scp"]
+    rows = [
+        [f"worker peak RSS, {w['series']['slices']} slices (GB)", w["peak_gb"], "<= 3.0"],
+        ["worker RSS after model load (GB)", round(w["ru_maxrss_kib"]["after_model"] * 1024 / GB, 3), ""],
+        ["worker RSS after read (GB)", round(w["ru_maxrss_kib"]["after_read"] * 1024 / GB, 3), ""],
+        ["worker RSS after segment (GB)", round(w["ru_maxrss_kib"]["after_segment"] * 1024 / GB, 3), ""],
+        ["SCP RSS idle (MiB)", s["rss_mib"]["idle_before"], ""],
+        [f"SCP RSS max during {s['instances']} instances (MiB)", s["rss_mib"]["max"], ""],
+        ["SCP RSS growth over the send (MiB)", s["growth_mib"], ""],
+        ["SCP RSS growth, second half (MiB)", s["growth_second_half_mib"], "<= 20"],
+    ]
+    return table(rows, ["measure", "value", "target"])
+
+
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    """Command line; see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slices", type=int, default=300, help="slices of the worker's series (default 300)")
+    parser.add_argument("--size", type=int, default=512, help="rows = columns of that series (default 512)")
+    parser.add_argument("--instances", type=int, default=1000, help="instances sent to the SCP (default 1000)")
+    parser.add_argument("--scp-size", type=int, default=64, help="rows = columns of those instances (default 64)")
+    parser.add_argument("--child-segment", metavar="SERIES_DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    opts = parser.parse_args(args)
+    logging.basicConfig(level=logging.WARNING)
+    if opts.child_segment:
+        child = _child_segment(opts.child_segment)
+        print(json.dumps(child))
+        return child
+    result = run(opts.slices, opts.size, opts.instances, opts.scp_size)
+    return emit(result, summary(result), opts.out)
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

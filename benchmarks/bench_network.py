@@ -1,0 +1,133 @@
+"""Network stage variants: evidence for speed-ups of the bundle's forward pass (no library change).
+
+The phantom series (``--slices`` slices, 512 x 512) is read and preprocessed once
+with :class:`~vacseg_monai.segmenter.BundleSegmenter`; then the forward pass over
+the 256 x 256 slices is timed in several variants, interleaved, ``--repeats``
+times each:
+
+- ``bundle``: the bundle's SliceInferer and network as configured (``sw_batch_size`` 16, the network's
+  memory format as ``inference.json`` builds it), torch's default threads;
+- ``threads=1``: the same with ``torch.set_num_threads(1)``;
+- ``sw_batch=4`` / ``sw_batch=64``: other SliceInferer batch sizes;
+- ``contiguous (direct, 16)`` / ``channels_last (direct, 16)``: the UNet called on stacked slices in
+  batches of 16 without SliceInferer, weights (and input) in either memory format.
+
+Outputs of every variant are checked against ``bundle`` (same argmax on >= 99.9 % of pixels).
+
+    .venv/bin/python -m benchmarks.bench_network [--repeats 5] [--slices 100] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from benchmarks.common import emit, machine_info, phantom_series, stats, table
+
+__all__ = ["main", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+def run(repeats: int = 5, slices: int = 100, size: int = 512) -> dict[str, Any]:
+    """Measure; see the module docstring."""
+    import torch
+    from monai.inferers import SliceInferer
+
+    from vacseg_monai.inference import load_input
+    from vacseg_monai.segmenter import BundleSegmenter
+
+    files = phantom_series(slices, size=size)
+    seg = BundleSegmenter()
+    image = seg.preprocessing({"image": load_input(files[0].parent).image})["image"][None].to(seg.device)
+    network = seg.network
+    roi = seg.inferer.roi_size
+    threads = torch.get_num_threads()
+
+    def inferer(batch: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        sliced = SliceInferer(roi_size=roi, spatial_dim=2, sw_batch_size=batch, overlap=0.0, progress=False)
+        return lambda x: sliced(x, network)
+
+    def direct(x: torch.Tensor) -> torch.Tensor:
+        stack = x[0].permute(3, 0, 1, 2)  # (n_slices, 1, H, W)
+        out = torch.cat([network(stack[i:i + 16]) for i in range(0, stack.shape[0], 16)])
+        return out.permute(1, 2, 3, 0)[None]
+
+    def channels_last(x: torch.Tensor) -> torch.Tensor:
+        stack = x[0].permute(3, 0, 1, 2).contiguous(memory_format=torch.channels_last)
+        out = torch.cat([network(stack[i:i + 16]) for i in range(0, stack.shape[0], 16)])
+        return out.permute(1, 2, 3, 0)[None]
+
+    # The bundle's own memory format (inference.json may build the network channels-last) is restored after
+    # every variant that changes it.
+    weight = max((p for p in network.parameters() if p.ndim == 4), key=lambda p: p.shape[1])
+    is_channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    bundle_format = torch.channels_last if is_channels_last else torch.contiguous_format
+    cl, contiguous = torch.channels_last, torch.contiguous_format
+    variants: dict[str, tuple[Callable, int, object]] = {
+        "bundle": (inferer(seg.inferer.sw_batch_size), threads, None),
+        "threads=1": (inferer(seg.inferer.sw_batch_size), 1, None),
+        "sw_batch=4": (inferer(4), threads, None),
+        "sw_batch=64": (inferer(64), threads, None),
+        "contiguous (direct, 16)": (direct, threads, contiguous),
+        "channels_last (direct, 16)": (channels_last, threads, cl),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    agreement: dict[str, float] = {}
+    reference = None
+    with torch.inference_mode():
+        for i in range(repeats + 1):  # round 0 warms up and checks outputs
+            for name, (fn, n_threads, memory_format) in variants.items():
+                torch.set_num_threads(n_threads)
+                network.to(memory_format=memory_format or bundle_format)
+                start = time.perf_counter()
+                out = fn(image)
+                elapsed = time.perf_counter() - start
+                network.to(memory_format=bundle_format)
+                torch.set_num_threads(threads)
+                if i == 0:
+                    labels = out.argmax(1)
+                    if reference is None:
+                        reference = labels
+                    agreement[name] = round(float((labels == reference).float().mean()), 6)
+                else:
+                    seconds[name].append(elapsed)
+    return {
+        "benchmark": "network",
+        "slices": slices,
+        "input_shape": list(image.shape),
+        "repeats": repeats,
+        "baseline": "bundle",
+        "default_threads": threads,
+        "bundle_memory_format": "channels_last" if bundle_format is torch.channels_last else "contiguous",
+        "variants": {n: {"seconds": stats(v), "argmax_agreement": agreement[n],
+                         "ratio": round(stats(v)["median"] / stats(seconds["bundle"])["median"], 3)}
+                     for n, v in seconds.items()},
+        "machine": machine_info(),
+    }
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The human-readable table."""
+    rows = [[n, v["seconds"]["median"], v["ratio"], v["argmax_agreement"]] for n, v in result["variants"].items()]
+    return table(rows, ["variant", "seconds (median)", "ratio to bundle", "argmax agreement"])
+
+
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    """Command line; see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant (default 5)")
+    parser.add_argument("--slices", type=int, default=100, help="slices of the series (default 100)")
+    parser.add_argument("--size", type=int, default=512, help="rows = columns (default 512)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    opts = parser.parse_args(args)
+    logging.basicConfig(level=logging.WARNING)
+    result = run(opts.repeats, opts.slices, opts.size)
+    return emit(result, summary(result), opts.out)
+
+
+if __name__ == "__main__":
+    main()

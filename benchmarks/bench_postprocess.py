@@ -1,0 +1,109 @@
+"""Post-processing pieces on a real prediction: where the clean-up time goes, and what a coarser grid would cost.
+
+The shipped bundle segments the phantom series once (``--slices`` slices,
+512 x 512); then, ``--repeats`` times each, interleaved:
+
+- ``resample_argmax``: the bundle's resize of the 256 x 256 logits to the CT grid + argmax;
+- ``clean_up``: :func:`vacseg_monai.inference.clean_up_labels` on the 512 x 512 label map (as the bundle);
+- its pieces: Body largest 3D component, Body hole filling per slice, Couch largest
+  component, Vacbag small-component removal (private helpers of
+  :mod:`vacseg_monai.inference`, timed on the whole-volume masks; the library may crop
+  to bounding boxes first, so they need not add up to ``clean_up``);
+- ``clean_up at 256``: the same clean-up on the label map subsampled to 256 x 256
+  (what cleaning at the network's resolution before upsampling would cost).
+
+    .venv/bin/python -m benchmarks.bench_postprocess [--repeats 5] [--slices 100] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from benchmarks.common import emit, machine_info, phantom_series, stats, table
+
+__all__ = ["main", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+def run(repeats: int = 5, slices: int = 100, size: int = 512) -> dict[str, Any]:
+    """Measure; see the module docstring."""
+    import torch
+
+    from vacseg_monai import inference
+    from vacseg_monai.inference import clean_up_labels, load_input
+    from vacseg_monai.labels import LABELS
+    from vacseg_monai.segmenter import BundleSegmenter
+
+    files = phantom_series(slices, size=size)
+    seg = BundleSegmenter()
+    source = load_input(files[0].parent)
+    data = seg.preprocessing({"image": source.image})
+    with torch.inference_mode():
+        logits = seg.inferer(data["image"][None].to(seg.device), seg.network)[0]
+    resampled = seg.resample_argmax({"pred": logits, "image": data["image"]})
+    labels = np.ascontiguousarray(resampled["pred"][0].cpu().numpy(), dtype=np.uint8)
+    voxel = float(abs(np.linalg.det(np.asarray(source.affine, dtype=np.float64)[:3, :3])))
+    by_name = {label.name: label.value for label in LABELS}
+    coarse = np.ascontiguousarray(labels[::2, ::2, :])
+
+    cases: dict[str, Callable[[], object]] = {
+        "resample_argmax": lambda: seg.resample_argmax({"pred": logits, "image": data["image"]}),
+        "clean_up (512 grid)": lambda: clean_up_labels(labels, voxel),
+        "clean_up (256 grid)": lambda: clean_up_labels(coarse, voxel * 4),
+    }
+    pieces = ("_largest_component", "_fill_holes_per_slice", "_drop_small_components")
+    if all(hasattr(inference, name) for name in pieces):  # private helpers; skipped if they change
+        body, couch, bag = (labels == by_name[n] for n in ("Body", "Couch", "Vacbag"))
+        body_largest = inference._largest_component(body)
+        cases.update({
+            "  Body largest component": lambda: inference._largest_component(body),
+            "  Body fill holes per slice": lambda: inference._fill_holes_per_slice(body_largest),
+            "  Couch largest component": lambda: inference._largest_component(couch),
+            "  Vacbag drop small components": lambda: inference._drop_small_components(bag, 1000.0 / voxel),
+            "  one label mask (labels == v)": lambda: labels == by_name["Body"],
+        })
+    seconds: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+    return {
+        "benchmark": "postprocess",
+        "slices": slices,
+        "label_shape": list(labels.shape),
+        "label_counts": {label.name: int(np.count_nonzero(labels == label.value)) for label in LABELS},
+        "repeats": repeats,
+        "seconds": {name: stats(values) for name, values in seconds.items()},
+        "machine": machine_info(),
+    }
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The human-readable table."""
+    rows = [[n, s["median"], s["min"], s["max"]] for n, s in result["seconds"].items()]
+    return table(rows, ["step", "seconds (median)", "min", "max"])
+
+
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    """Command line; see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per step (default 5)")
+    parser.add_argument("--slices", type=int, default=100, help="slices of the series (default 100)")
+    parser.add_argument("--size", type=int, default=512, help="rows = columns (default 512)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    opts = parser.parse_args(args)
+    logging.basicConfig(level=logging.WARNING)
+    result = run(opts.repeats, opts.slices, opts.size)
+    return emit(result, summary(result), opts.out)
+
+
+if __name__ == "__main__":
+    main()

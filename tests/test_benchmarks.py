@@ -1,0 +1,72 @@
+"""The benchmark helpers and the report generator (the measurements themselves run with `make bench`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.common import _fit_slices, stats, table
+from benchmarks.run_all import render_charts, render_report
+
+MACHINE = {
+    "cpu_model": "Test CPU", "cpu_count": 2, "cpu_affinity": 2, "torch_threads": 2, "ram_gib": 8.0,
+    "platform": "Linux", "python": "3.11", "torch": "2", "monai": "1.6", "pydicom": "3", "pynetdicom": "3",
+    "dcmtk": "dcmtk 3.6.7", "cuda": False, "date": "2026-01-01 00:00 UTC",
+}
+
+
+def test_stats_median_min_max():
+    result = stats([3.0, 1.0, 2.0, 10.0, 4.0])
+    assert result["median"] == 3.0
+    assert (result["min"], result["max"], result["n"]) == (1.0, 10.0, 5)
+    with pytest.raises(ValueError, match="No measurements"):
+        stats([])
+
+
+def test_fit_slices_crops_centre_and_mirror_pads():
+    volume = np.arange(10, dtype=np.int16)[None, None, :].repeat(2, 0).repeat(3, 1)
+    cropped = _fit_slices(volume, 4)
+    assert cropped.shape == (2, 3, 4)
+    assert cropped[0, 0].tolist() == [3, 4, 5, 6]
+    padded = _fit_slices(volume, 14)
+    assert padded.shape == (2, 3, 14)
+    assert padded[0, 0].tolist() == [1, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 8]
+
+
+def test_table_aligns_columns():
+    text = table([["a", 1.23456], ["long name", 2]], ["name", "value"])
+    lines = text.splitlines()
+    assert lines[0].startswith("name       value")
+    assert lines[2].split() == ["a", "1.235"]
+    assert len(lines) == 4
+
+
+def _receive(node: float, pynetdicom: float) -> dict:
+    def s(v: float) -> dict:
+        return {"median": v, "min": v, "max": v, "n": 5, "values": [v] * 5}
+
+    return {
+        "series": {"slices": 100, "rows": 512, "cols": 512, "instances": 100, "bytes": 52_000_000},
+        "sender": "DCMTK storescu", "repeats": 5, "warmup": 1,
+        "seconds": {"node": s(100 / node), "pynetdicom": s(100 / pynetdicom), "dcmtk": s(0.2)},
+        "images_per_s": {"node": s(node), "pynetdicom": s(pynetdicom), "dcmtk": s(500.0)},
+        "ratio_node_to_pynetdicom": round(node / pynetdicom, 3), "ratio_node_to_dcmtk": round(node / 500, 3),
+        "met": {"ratio": node / pynetdicom >= 0.9}, "machine": MACHINE, "command": "python -m x", "wall_s": 9,
+    }
+
+
+def test_report_states_a_missed_target_by_how_much(tmp_path):
+    report = render_report({"receive": _receive(60.0, 120.0)}, MACHINE, "python -m benchmarks.run_all")
+    assert "CPU: Test CPU, 2 logical cores" in report
+    assert "node / pynetdicom --ignore = **0.50**" in report
+    assert "**missed** by 0.40 x (56% of the target 0.9 x)" in report
+    assert "Receive: the node accepts 60 images/s vs 120 for pynetdicom --ignore (16.7 vs 8.3 ms per image)." in report
+    charts = render_charts({"receive": _receive(60.0, 120.0)}, tmp_path)
+    assert [p.name for p in charts] == ["bench_receive.png"]
+    assert charts[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_met_target_lists_no_receive_idea():
+    report = render_report({"receive": _receive(118.0, 120.0)}, MACHINE, "cmd")
+    assert "**met** (0.98 x vs target 0.9 x)" in report
+    assert "All targets met in this run." in report
