@@ -149,6 +149,8 @@ def test_config_defaults_mirror_original_cli():
                        "loss_name": "dicece", "spatial_size": 256}.items():  # fmt: skip
         assert parser.get_parsed_content(key) == value, key
     assert parser.get_parsed_content("data_dir") == str(BUNDLE) + "/../../test_dataset"
+    # Loader workers leave two cores to the training step: on a 2-core laptop the loading stays in-process.
+    assert parser.get_parsed_content("num_workers") == min(4, max(0, os.cpu_count() - 2))
     network = parser.get_parsed_content("network_def")
     assert isinstance(network, UNet) and network.dimensions == 2
     assert list(network.channels) == [16, 32, 64, 128, 256] and list(network.strides) == [2, 2, 2, 2]
