@@ -187,7 +187,8 @@ def test_metadata_channel_def_matches_label_table():
     assert pred["num_channels"] == num_classes()
     image = meta["network_data_format"]["inputs"]["image"]
     assert image["num_channels"] == 1 and image["spatial_shape"] == [256, 256] and image["value_range"] == [0, 1]
-    assert meta["version"] == "0.1.0" and "0.1.0" in meta["changelog"]
+    assert next(iter(meta["changelog"])) == meta["version"], "the newest changelog entry must be the version"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", meta["version"])
     assert "not for clinical use" in meta["intended_use"].lower()
     import monai
 
