@@ -43,7 +43,11 @@ class DemoResult:
             "Dice against the phantom's truth: " + ", ".join(f"{k} {v:.3f}" for k, v in self.dice.items()),
         ]
         if self.stage_seconds:
-            lines.append("Node stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.stage_seconds.items()))
+            lines.append(
+                f"Node stages ({sum(self.stage_seconds.values()):.1f} s; the rest of the latency is the worker still "
+                "loading the bundle, as the node was started just before): "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in self.stage_seconds.items())
+            )
         lines.append(f"RTSTRUCT: {self.rtstruct}")
         if self.seg is not None:
             lines.append(f"DICOM-SEG: {self.seg}")
