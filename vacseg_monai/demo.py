@@ -44,7 +44,7 @@ class DemoResult:
         ]
         if self.stage_seconds:
             lines.append(
-                f"Node stages ({sum(self.stage_seconds.values()):.1f} s; the rest of the latency is the worker still "
+                f"Node stages ({sum(self.stage_seconds.values()):.1f} s; the rest is mostly the worker still "
                 "loading the bundle, as the node was started just before): "
                 + ", ".join(f"{k} {v:.2f} s" for k, v in self.stage_seconds.items())
             )
