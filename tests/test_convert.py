@@ -347,11 +347,12 @@ def test_partial_coverage_warns_and_fills_background(ct, tmp_path, caplog):
 def test_bad_label_nifti_is_rejected(ct, tmp_path, caplog):
     phantom, ct_dir, series = ct
     fractional = _save_nifti(phantom.labels * np.float32(0.5), series.affine_ras, tmp_path / "prob.nii.gz")
-    with pytest.raises(ValueError, match=r"prob\.nii\.gz holds non-integer values \[0\.5"):
+    with pytest.raises(ValueError, match=r"prob\.nii\.gz: label values must be whole numbers .* "
+                                         r"found non-integer values \[0\.5"):
         load_label_nifti(fractional)
     wrong = _save_nifti(np.where(phantom.labels == 3, 7, phantom.labels).astype(np.uint8), series.affine_ras,
                         tmp_path / "wrong.nii.gz")
-    with pytest.raises(ValueError, match=r"values \[7\] that are not label numbers"):
+    with pytest.raises(ValueError, match=r"label values \[7\] are not in the label table"):
         load_label_nifti(wrong)
     script = _script("write_dicom_rt")
     with caplog.at_level(logging.ERROR):

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from vacseg_monai.labels import BACKGROUND, LABELS
+from vacseg_monai.labels import BACKGROUND, LABELS, checked_label_map
 
 __all__ = [
     "NIFTI_IMAGE_NAMES",
@@ -483,24 +483,7 @@ def as_label_map(array: np.ndarray, source: str) -> np.ndarray:
     Raises:
         DataLayoutError: for non-integer values or numbers that are not in the label table.
     """
-    allowed = _allowed_label_values()
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8)
-    if np.issubdtype(array.dtype, np.floating):
-        finite = np.isfinite(array)
-        if not finite.all() or not np.array_equal(array, np.round(array)):
-            odd = np.unique(array[~finite | (array != np.round(np.where(finite, array, 0)))])[:5]
-            raise DataLayoutError(
-                f"{source}: label values must be whole numbers {list(allowed)}, found {odd.tolist()}."
-            )
-    elif not np.issubdtype(array.dtype, np.integer):
-        raise DataLayoutError(f"{source}: label dtype {array.dtype} is not an integer, bool or float type.")
-    values = np.unique(array)
-    unknown = [v for v in values.tolist() if v not in allowed]
-    if unknown:
-        table = ", ".join(f"{lb.value} {lb.name}" for lb in LABELS)
-        raise DataLayoutError(
-            f"{source}: label values {unknown} are not in the label table (0 background, {table}); "
-            "a binary 0/1 mask is read as Vacbag."
-        )
-    return array.astype(np.uint8)
+    try:
+        return checked_label_map(array, source)
+    except ValueError as exc:
+        raise DataLayoutError(str(exc)) from None

@@ -8,10 +8,14 @@ pictures) reads it from here.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 __all__ = [
     "BACKGROUND",
+    "checked_label_map",
     "LABELS",
     "Code",
     "Label",
@@ -138,3 +142,42 @@ def label_by_name(name: str) -> Label:
         if label.name.lower() == name.lower():
             return label
     raise KeyError(f"No label named {name!r}; known names are {[lb.name for lb in LABELS]}.")
+
+
+def checked_label_map(array: np.ndarray, source: str, label_table: Sequence[Label] = LABELS) -> np.ndarray:
+    """Check that ``array`` holds label numbers of the table and return it as uint8.
+
+    A bool mask, or 0/1 in any numeric dtype, reads as Vacbag (1). Whole-valued
+    floats are accepted (label maps saved as float by some tools).
+
+    Args:
+        array: label values as stored.
+        source: what to name in errors (the file, patient or UID).
+        label_table: the label table (default :data:`LABELS`).
+
+    Raises:
+        ValueError: for non-integer values, a non-numeric dtype, or numbers not in the table.
+    """
+    allowed = [BACKGROUND, *(label.value for label in label_table)]
+    array = np.asarray(array)
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        finite = np.isfinite(array)
+        whole = finite & (array == np.round(np.where(finite, array, 0)))
+        if not whole.all():
+            odd = np.unique(array[~whole])[:5].tolist()
+            raise ValueError(
+                f"{source}: label values must be whole numbers {allowed}, found non-integer values {odd} "
+                f"(dtype {array.dtype}); pass a label map, not probabilities or an image."
+            )
+    elif not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{source}: label dtype {array.dtype} is not an integer, bool or float type.")
+    unknown = [v for v in np.unique(array).tolist() if v not in allowed]
+    if unknown:
+        table = ", ".join(f"{label.value} {label.name}" for label in label_table)
+        raise ValueError(
+            f"{source}: label values {unknown[:10]} are not in the label table (0 background, {table}); "
+            "a binary 0/1 mask is read as Vacbag."
+        )
+    return array.astype(np.uint8)

@@ -57,7 +57,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage
 
 from vacseg_monai.dicom.outputs import OutputKind
-from vacseg_monai.labels import BACKGROUND, LABELS, label_by_name
+from vacseg_monai.labels import BACKGROUND, LABELS, checked_label_map, label_by_name
 
 if TYPE_CHECKING:
     from vacseg_monai.dicom.series import CTSeries
@@ -811,28 +811,7 @@ def load_label_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         data = data[..., 0]
     if data.ndim != 3:
         raise ValueError(f"NIfTI label map {path} has shape {data.shape}; expected a 3D volume.")
-    allowed = [BACKGROUND, *(lb.value for lb in LABELS)]
-    if data.dtype == np.bool_:
-        data = data.astype(np.uint8)
-    elif np.issubdtype(data.dtype, np.floating):
-        finite = np.isfinite(data)
-        whole = finite & (data == np.round(np.where(finite, data, 0)))
-        if not whole.all():
-            odd = np.unique(data[~whole])[:5].tolist()
-            raise ValueError(
-                f"NIfTI label map {path} holds non-integer values {odd} (dtype {data.dtype}); expected label "
-                f"numbers {allowed}. Pass a label map, not probabilities or an image."
-            )
-    elif not np.issubdtype(data.dtype, np.integer):
-        raise ValueError(f"NIfTI label map {path} has dtype {data.dtype}; expected integer label numbers {allowed}.")
-    values = np.unique(data)
-    unknown = [v for v in values.tolist() if v not in allowed]
-    if unknown:
-        table = ", ".join(f"{lb.value} {lb.name}" for lb in LABELS)
-        raise ValueError(
-            f"NIfTI label map {path} holds values {unknown[:10]} that are not label numbers "
-            f"(0 background, {table})."
-        )
+    data = checked_label_map(data, f"NIfTI label map {path}")
     return data.astype(np.uint8), np.asarray(image.affine, dtype=np.float64)
 
 
