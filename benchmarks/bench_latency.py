@@ -43,7 +43,6 @@ STAGE_GROUPS = {
     "network": ["network"],
     "postprocess": ["resample_argmax", "clean_up"],
     "contours + RTSTRUCT": ["write"],
-    "QA picture": ["qa_picture"],
     "job bookkeeping": ["job_other"],
     "export": ["export"],
 }
@@ -78,7 +77,9 @@ def _breakdown(job: Any, job_dir: Path, acked_wall: float, arrived_wall: float) 
     when = {}
     for entry in job.history:
         when.setdefault(entry["state"], entry["time"])  # first time each state was entered
-    timings = json.loads((job_dir / "timings.json").read_text())
+    timings = {  # work done after the export (the QA picture) is not part of the latency
+        k: v for k, v in json.loads((job_dir / "timings.json").read_text()).items() if not k.endswith("_after_export")
+    }
     parts = {
         "release_queue": when["queued"] - acked_wall,
         "wakeup": when["inferring"] - when["queued"],

@@ -135,6 +135,7 @@ def run_demo(
     job_dir = JobStore(config.output_directory).job_dir(job.job_id)
     timings_file = job_dir / TIMINGS_FILE
     stages = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    stages = {k: v for k, v in stages.items() if not k.endswith("_after_export")}  # not waited for
     qa = job_dir / QA_PICTURE
     return DemoResult(
         rtstruct=rtstruct.path,

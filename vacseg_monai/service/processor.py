@@ -2,8 +2,9 @@
 
 The worker calls :class:`BundleProcessor` once per job with the job's series
 folder; it writes the results under ``<job>/output`` and returns the DICOM files
-to export. Beside the job record it leaves ``qa.png`` (contours drawn on a few
-slices, for a person to glance at) and ``timings.json`` (seconds per stage).
+to export. Beside the job record it leaves ``timings.json`` (seconds per stage)
+and, once the results are sent (``after_export``, off the TPS's waiting time),
+``qa.png``: contours drawn on a few slices, for a person to glance at.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from vacseg_monai.inference import InputKind, OutputKind, load_input
 from vacseg_monai.qa import OverlayPanel, save_overlay_montage
 from vacseg_monai.segmenter import BundleSegmenter
+from vacseg_monai.service.jobs import write_atomic
 
 __all__ = ["BundleProcessor", "QA_PICTURE", "TIMINGS_FILE", "save_qa_picture"]
 
@@ -26,6 +28,11 @@ logger = logging.getLogger(__name__)
 
 QA_PICTURE = "qa.png"
 TIMINGS_FILE = "timings.json"
+
+
+def _write_timings(job_dir: Path, timings: dict[str, float]) -> None:
+    data = json.dumps({k: round(v, 4) for k, v in timings.items()}, indent=1).encode()
+    write_atomic(job_dir / TIMINGS_FILE, data)  # readers never see half a file
 
 
 def save_qa_picture(image: np.ndarray, labels: np.ndarray, path: Path, *, title: str, n_panels: int = 4) -> Path:
@@ -79,6 +86,7 @@ class BundleProcessor:
             raise ValueError("The node must produce RTSTRUCT and/or SEG: `output` 'none' sends nothing back.")
         self.root_uid = root_uid
         self.qa_picture = qa_picture
+        self._pending_qa: tuple[Path, np.ndarray, np.ndarray, str] | None = None
         self.segmenter = BundleSegmenter(bundle, ckpt_path=ckpt_path, device=device, overrides=overrides)
 
     def __call__(self, series_dir: Path, job_dir: Path) -> list[Path]:
@@ -101,11 +109,20 @@ class BundleProcessor:
             source, result.labels, job_dir / "output", self.output, self.root_uid, nifti=False
         )
         timings["write"] = time.perf_counter() - start
+        _write_timings(job_dir, timings)
         if self.qa_picture:
-            start = time.perf_counter()
-            image = source.image[0].cpu().numpy()
             uid = source.series.series_instance_uid if source.series is not None else source.name
-            save_qa_picture(image, result.labels, job_dir / QA_PICTURE, title=f"series {uid}")
-            timings["qa_picture"] = time.perf_counter() - start
-        (job_dir / TIMINGS_FILE).write_text(json.dumps({k: round(v, 4) for k, v in timings.items()}, indent=1))
+            self._pending_qa = (job_dir, source.image[0].cpu().numpy(), result.labels, f"series {uid}")
         return written
+
+    def after_export(self, job_dir: Path) -> None:
+        """Draw ``qa.png`` for the job just sent (nothing if this worker did not segment it)."""
+        pending, self._pending_qa = self._pending_qa, None
+        if pending is None or pending[0] != job_dir:
+            return
+        _, image, labels, title = pending
+        start = time.perf_counter()
+        save_qa_picture(image, labels, job_dir / QA_PICTURE, title=title)
+        timings = json.loads((job_dir / TIMINGS_FILE).read_text())
+        timings["qa_picture_after_export"] = time.perf_counter() - start
+        _write_timings(job_dir, timings)

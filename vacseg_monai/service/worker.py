@@ -44,9 +44,25 @@ MAX_ATTEMPTS = 3
 
 
 class Processor(Protocol):
-    """What a processor factory returns."""
+    """What a processor factory returns.
+
+    A processor may also have ``after_export(job_dir)``: work for the person reading
+    the job later (a QA picture) that need not delay the result. The worker calls it
+    once the results are sent (or kept, without a destination), before the job is
+    recorded as done; its failure is logged and does not fail the job.
+    """
 
     def __call__(self, series_dir: Path, job_dir: Path) -> list[Path]: ...
+
+
+def _after_export(processor: Processor, job_dir: Path) -> None:
+    hook = getattr(processor, "after_export", None)
+    if hook is None:
+        return
+    try:
+        hook(job_dir)
+    except Exception:
+        logger.exception("after_export of %s failed; the job's results are not affected", job_dir)
 
 
 class ProcessorError(RuntimeError):
@@ -206,6 +222,7 @@ def process_job(
         relative = [os.path.relpath(p.resolve(), job_dir.resolve()) for p in outputs]
         if config.destination is None:
             logger.info("Job %s: no destination configured, results kept in %s", job_id, job_dir)
+            _after_export(processor, job_dir)
             return store.transition(job_id, JobState.DONE, outputs=relative)
         job = store.transition(job_id, JobState.EXPORTING, outputs=relative)
     if job.state is JobState.EXPORTING:
@@ -232,6 +249,7 @@ def process_job(
         except (ExportError, ValueError) as exc:
             logger.exception("Export of job %s failed; files kept in %s", job_id, job_dir)
             return _fail(store, job, f"export failed: {exc}")
+        _after_export(processor, job_dir)
         return store.transition(job_id, JobState.DONE)
     return job
 
