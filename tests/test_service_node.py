@@ -248,3 +248,12 @@ def _scripts_on_path():
     sys.path.insert(0, str(REPO / "scripts"))
     yield
     sys.path.remove(str(REPO / "scripts"))
+
+
+def test_worker_reports_ready_only_once_its_processor_is_loaded(tmp_path):
+    node = make_node(tmp_path)
+    with node:
+        assert node.worker.wait_ready(60)
+    broken = make_node(tmp_path / "broken", processor="test_service_support:NoSuchProcessor")
+    with broken:
+        assert not broken.worker.wait_ready(3)

@@ -44,8 +44,7 @@ class DemoResult:
         ]
         if self.stage_seconds:
             lines.append(
-                f"Node stages ({sum(self.stage_seconds.values()):.1f} s; the rest is mostly the worker still "
-                "loading the bundle, as the node was started just before): "
+                f"Node stages ({sum(self.stage_seconds.values()):.1f} s in all): "
                 + ", ".join(f"{k} {v:.2f} s" for k, v in self.stage_seconds.items())
             )
         lines.append(f"RTSTRUCT: {self.rtstruct}")
@@ -115,6 +114,8 @@ def run_demo(
         node = DicomNode(config)
         node.start()
         try:
+            if not node.worker.wait_ready(timeout):
+                raise TimeoutError(f"The node's worker did not load the bundle {bundle} within {timeout:.0f} s.")
             start = time.perf_counter()
             send_files(written.ct_files, Destination("127.0.0.1", node.port, config.ae_title), calling_aet="DEMO_TPS")
             acknowledged = time.perf_counter()

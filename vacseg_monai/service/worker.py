@@ -266,7 +266,7 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def worker_main(config: NodeConfig, conn: multiprocessing.connection.Connection) -> None:
+def worker_main(config: NodeConfig, conn: multiprocessing.connection.Connection, ready=None) -> None:
     """Entry point of the worker process.
 
     Loads the processor once, processes every pending job, then waits for
@@ -276,6 +276,7 @@ def worker_main(config: NodeConfig, conn: multiprocessing.connection.Connection)
     Args:
         config: node configuration.
         conn: receiving end of the wake-up pipe.
+        ready: a ``multiprocessing`` event set once the processor is loaded (default None).
     """
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s"
@@ -296,6 +297,8 @@ def worker_main(config: NodeConfig, conn: multiprocessing.connection.Connection)
         logger.exception("Worker cannot start")
         raise
     logger.info("Worker ready with processor %s", config.processor)
+    if ready is not None:
+        ready.set()
     while True:
         for job in store.in_states(*PENDING_STATES):
             try:
@@ -325,6 +328,7 @@ class WorkerProcess:
         self._conn = None
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
+        self._ready = self._ctx.Event()
         self.restarts = 0
 
     def start(self) -> None:
@@ -335,7 +339,10 @@ class WorkerProcess:
 
     def _spawn(self) -> None:
         receiver, sender = self._ctx.Pipe(duplex=False)
-        process = self._ctx.Process(target=worker_main, args=(self.config, receiver), name="vacseg-worker", daemon=True)
+        self._ready.clear()
+        process = self._ctx.Process(
+            target=worker_main, args=(self.config, receiver, self._ready), name="vacseg-worker", daemon=True
+        )
         process.start()
         receiver.close()
         with self._lock:
@@ -356,6 +363,17 @@ class WorkerProcess:
             self._stopping.wait(min(2.0 ** self.restarts, 30.0))
             if not self._stopping.is_set():
                 self._spawn()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the worker has loaded its processor (the bundle); True if it has.
+
+        Jobs that arrive earlier are not lost (they wait on disk); this only lets a caller
+        that measures latency, or a script, start once the model is in memory.
+
+        Args:
+            timeout: seconds to wait.
+        """
+        return self._ready.wait(timeout)
 
     def submit(self, job_id: str) -> None:
         """Wake the worker: ``job_id`` is queued on disk.
