@@ -14,7 +14,8 @@ def test_defaults():
     config, ns = parse_node_args([])
     assert (config.port, config.ae_title, config.bind_address) == (11112, "VACSEG", "127.0.0.1")
     assert str(config.output_directory) == "vacseg_node"
-    assert str(config.bundle) == "bundles/vacbag_ct_segmentation"
+    assert (config.bundle / "configs" / "inference.json").is_file()  # found whatever the current folder
+    assert config.bundle.name == "vacbag_ct_segmentation"
     assert config.output is OutputKind.RTSTRUCT and config.export_series is False
     assert config.destination is None and not ns.status
 
@@ -79,3 +80,11 @@ def test_every_option_has_help():
                    "--root-uid", "--allowed-aet", "--allowed-host", "--tls-cert", "--tls-key", "--tls-ca",
                    "--series-timeout", "-ta", "-td", "-tn", "--min-free-mb", "--config", "--status"]:
         assert option in text, option
+
+
+def test_default_bundle_is_found_from_another_folder(tmp_path, monkeypatch):
+    """A physicist may start the node from anywhere: the repository's bundle is found beside the package."""
+    monkeypatch.chdir(tmp_path)
+    config, _ = parse_node_args([])
+    assert (config.bundle / "models" / "model.pt").is_file()
+    assert config.bundle == REPO / "bundles" / "vacbag_ct_segmentation"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from vacseg_monai.dicom.outputs import OutputKind
+from vacseg_monai.paths import default_bundle_root
 from vacseg_monai.service.uids import InvalidUIDError, sanitize_uid
 
 __all__ = [
@@ -63,7 +64,8 @@ class NodeConfig:
         ae_title: our AE title (default "VACSEG").
         bind_address: listen address (default "127.0.0.1").
         output_directory: where jobs, series and outputs are kept (default "vacseg_node").
-        bundle: MONAI bundle directory handed to the processor factory.
+        bundle: MONAI bundle directory handed to the processor factory (default: the repository's
+            ``bundles/vacbag_ct_segmentation``, found from the current folder or beside the package).
         processor: ``"module:factory"`` creating the processing callable in the worker.
         processor_args: extra keyword arguments for the factory (TOML only).
         destination: where results go; None keeps them on disk only.
@@ -93,7 +95,7 @@ class NodeConfig:
     ae_title: str = "VACSEG"
     bind_address: str = "127.0.0.1"
     output_directory: Path = Path("vacseg_node")
-    bundle: Path = Path("bundles/vacbag_ct_segmentation")
+    bundle: Path = field(default_factory=lambda: Path(default_bundle_root()))
     processor: str = DEFAULT_PROCESSOR
     processor_args: dict = field(default_factory=dict)
     destination: Destination | None = None
@@ -267,7 +269,7 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
     out.add_argument("--export-retry-max", dest="export_retry_max", type=float, metavar="SEC", help="longest delay between export attempts (default 30)")
 
     proc = parser.add_argument_group("Processing")
-    proc.add_argument("--bundle", type=Path, metavar="DIR", help="MONAI bundle used by the processor (default bundles/vacbag_ct_segmentation)")
+    proc.add_argument("--bundle", type=Path, metavar="DIR", help="MONAI bundle used by the processor (default: the repository's bundles/vacbag_ct_segmentation, found from any folder)")
     proc.add_argument("--processor", metavar="MODULE:FACTORY", help=f"factory creating the processing callable in the worker (default {DEFAULT_PROCESSOR})")
     proc.add_argument("--series-timeout", dest="series_timeout", type=float, metavar="SEC", help="a series is complete this many seconds after the last association that sent to it ended, if nothing more arrives; 0 = at release (default 0)")
     proc.add_argument("--modalities", action="append", metavar="MOD", help="modality accepted for processing (repeatable; default CT); other series end as failed jobs")

@@ -48,6 +48,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+#: Seconds `run_node` waits for the worker to load the bundle before it logs an error (it keeps running).
+WORKER_READY_TIMEOUT_S = 120
+
+
 class StoreStatus(enum.IntEnum):
     """C-STORE response statuses this SCP sends (PS3.4 Table B.2-1 ranges)."""
 
@@ -456,6 +460,18 @@ class DicomNode:
         self.stop()
 
 
+def _report_ready(node: DicomNode) -> None:
+    config = node.config
+    if node.worker.wait_ready(WORKER_READY_TIMEOUT_S):
+        logger.info("Ready: the worker has loaded %s", config.bundle)
+    else:
+        logger.error(
+            "The worker has not loaded its processor (%s, bundle %s) after %d s; instances are still stored "
+            "and queued on disk, and will be processed once it starts. See the worker's log lines above.",
+            config.processor, config.bundle, WORKER_READY_TIMEOUT_S,
+        )
+
+
 def run_node(config: NodeConfig) -> None:
     """Run the node until SIGINT/SIGTERM.
 
@@ -467,6 +483,7 @@ def run_node(config: NodeConfig) -> None:
     for sig in previous:
         signal.signal(sig, lambda *_: node.request_stop())
     node.start()
+    threading.Thread(target=_report_ready, args=(node,), name="ready-report", daemon=True).start()
     try:
         node.wait()
     finally:
