@@ -31,7 +31,9 @@ def main(args: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    result = run_demo(ns.output_dir, seed=ns.seed, bundle=ns.bundle, timeout=ns.timeout)
+    result = run_demo(
+        ns.output_dir, seed=ns.seed, bundle=ns.bundle, timeout=ns.timeout, log_level="WARNING" if ns.quiet else "INFO"
+    )
     print(result.summary())
     print(f"Demo done: the RT Structure Set the node sent back is {result.rtstruct}")
     return 0

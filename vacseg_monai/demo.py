@@ -68,6 +68,7 @@ def run_demo(
     bundle: str | Path | None = None,
     timeout: float = 600.0,
     size: int = 512,
+    log_level: str = "INFO",
 ) -> DemoResult:
     """Run the round trip; see the module docstring.
 
@@ -77,6 +78,7 @@ def run_demo(
         bundle: bundle folder (default: the repository's).
         timeout: seconds to wait for the result (default 600).
         size: rows and columns of the phantom (default 512).
+        log_level: the node worker's logging level (default "INFO").
 
     Raises:
         TimeoutError: if the RTSTRUCT does not arrive in time (the node's job status says why).
@@ -110,6 +112,7 @@ def run_demo(
             destination=Destination("127.0.0.1", receiver.port, receiver.ae_title),
             output=OutputKind.BOTH,
             min_free_mb=100,
+            log_level=log_level,
         )
         node = DicomNode(config)
         node.start()
