@@ -313,7 +313,8 @@ def test_writer_rejects_label_values_outside_the_table(tmp_path):
     writer = SaveInferenceOutputsd(source=load_input(path), output_dir=tmp_path / "out", output="none")
     labels = np.zeros((4, 4, 2), dtype=np.uint8)
     labels[0, 0, 0] = 7
-    with pytest.raises(ValueError, match=r"holds values \[7\] not in the label table \[0, 1, 2, 3\]"):
+    with pytest.raises(ValueError, match=r"v\.nii\.gz: label values \[7\] are not in the label table "
+                                         r"\(0 background, 1 Vacbag, 2 Couch, 3 Body\)"):
         writer.write(labels)
 
 

@@ -237,9 +237,10 @@ def test_bad_inputs(tmp_path):
         write_seg(labels[:, :32], series)
     bad = labels.copy()
     bad[0, 0, 0] = 9
-    with pytest.raises(ValueError, match=r"values \[9\] that are not in the label table"):
+    with pytest.raises(ValueError, match=r"Label map for series .*: label values \[9\] are not in the label "
+                                         r"table"):
         write_seg(bad, series)
-    with pytest.raises(ValueError, match="non-integer"):
+    with pytest.raises(ValueError, match=r"label values must be whole numbers .* found non-integer values \[0\.5"):
         write_seg(labels.astype(np.float32) + 0.5, series)
     with pytest.raises(ValueError, match="not in the label table"):
         write_seg(labels, series, label_table=[label_by_name("Body")])

@@ -48,7 +48,7 @@ from scipy import ndimage
 
 from vacseg_monai.dicom.geometry import affine_lps, lps_to_ras
 from vacseg_monai.dicom.outputs import OutputKind
-from vacseg_monai.labels import BACKGROUND, LABELS, Label
+from vacseg_monai.labels import BACKGROUND, LABELS, Label, checked_label_map
 
 if TYPE_CHECKING:
     from vacseg_monai.dicom.series import CTSeries
@@ -619,12 +619,7 @@ class SaveInferenceOutputsd(MapTransform):
             raise ValueError(
                 f"Label map shape {labels.shape} differs from the input {self.source.path} {self.source.shape}."
             )
-        allowed = {BACKGROUND, *(label.value for label in self.label_table)}
-        unknown = sorted(set(np.unique(labels).tolist()) - allowed)
-        if unknown:
-            raise ValueError(
-                f"Label map for {self.source.path} holds values {unknown} not in the label table {sorted(allowed)}."
-            )
+        checked_label_map(labels, f"Label map for {self.source.path}", self.label_table)
 
     def write(self, labels: np.ndarray, nifti: bool = True) -> list[Path]:
         """Write every output for one label map ``(rows, cols, n)``; return the paths.

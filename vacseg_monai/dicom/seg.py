@@ -32,7 +32,7 @@ from pydicom.sr.coding import Code as PydicomCode
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from vacseg_monai import __version__
-from vacseg_monai.labels import LABELS, Label
+from vacseg_monai.labels import LABELS, Label, checked_label_map
 
 if TYPE_CHECKING:
     from vacseg_monai.dicom.series import CTSeries
@@ -245,24 +245,13 @@ def _as_label_map(labels: Any, expected_shape: tuple[int, int, int], series_uid:
             f"(rows, cols, n_slices) = {expected_shape}; a channel-first (1, rows, cols, n_slices) "
             "tensor is accepted too."
         )
-    if label_map.dtype.kind == "f":
-        if not np.all(np.isfinite(label_map)) or np.any(label_map != np.round(label_map)):
-            raise ValueError(f"Label map for series {series_uid} has non-integer values; pass argmax'ed labels.")
-    elif label_map.dtype.kind not in "biu":
-        raise ValueError(f"Label map for series {series_uid} must be integer-valued, got dtype {label_map.dtype}.")
     return label_map
 
 
 def _to_segment_numbers(label_map: np.ndarray, table: list[Label], series_uid: str) -> np.ndarray:
-    """Map label values to segment numbers 1..N (0 stays background) as uint8."""
-    present = np.unique(label_map)
+    """Check the label values against ``table`` and map them to segment numbers 1..N (0 stays background)."""
+    label_map = checked_label_map(label_map, f"Label map for series {series_uid}", table)
     known = {0} | {label.value for label in table}
-    unknown = sorted(int(v) for v in present if int(v) not in known)
-    if unknown:
-        raise ValueError(
-            f"Label map for series {series_uid} contains values {unknown} that are not in the label table "
-            f"(known: {sorted(known)})."
-        )
     if all(label.value == number for number, label in enumerate(table, start=1)):
         return label_map.astype(np.uint8, copy=False)
     lookup = np.zeros(max(known) + 1, dtype=np.uint8)
