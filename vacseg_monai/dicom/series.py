@@ -52,6 +52,8 @@ __all__ = ["CTSeries", "DicomSeriesError", "SeriesSummary", "list_series", "read
 
 logger = logging.getLogger(__name__)
 
+# Values longer than this (bytes) are read from the file only when used: the pixel data.
+_DEFER_BYTES = 8192
 # Two slices closer than this along the normal occupy the same position (mm).
 _DUPLICATE_TOLERANCE_MM = 1e-2
 # Tolerance on direction cosines when comparing orientations between slices.
@@ -143,16 +145,20 @@ def _looks_like_raw_dataset(path: Path) -> bool:
     return head in _RAW_DATASET_PREFIXES
 
 
-def _read(path: Path, *, stop_before_pixels: bool) -> Dataset | None:
-    """Read one file; ``None`` for non-DICOM files, UnreadableFileError for broken DICOM."""
+def _read(path: Path) -> Dataset | None:
+    """Read one file, its pixel data deferred; ``None`` for non-DICOM files, UnreadableFileError for broken DICOM.
+
+    Values over :data:`_DEFER_BYTES` (the pixel data) are read from the file when first used, so
+    that one parse serves both the scan of the headers and the decoding of the slices.
+    """
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
     except InvalidDicomError:
         if not _looks_like_raw_dataset(path):
             logger.debug("Skipping non-DICOM file %s", path)
             return None
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+            ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES, force=True)
         except Exception as exc:  # noqa: BLE001 - any parse failure of a DICOM-looking file
             raise UnreadableFileError(f"Cannot read DICOM file {path} (no preamble): {exc}") from exc
         if "SOPClassUID" not in ds:
@@ -185,7 +191,7 @@ def _scan(folder: str | Path) -> dict[str, list[tuple[Path, Dataset]]]:
         raise NoSeriesError(f"Not a folder: {root}.")
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
     for path in _iter_files(root):
-        ds = _read(path, stop_before_pixels=True)
+        ds = _read(path)
         if ds is None:
             continue
         sop_class = _sop_class(ds)
@@ -375,10 +381,10 @@ def _check_positions(
 # --------------------------------------------------------------------------- pixels
 
 
-def _slice_hu(path: Path, series_uid: str, rows: int, cols: int) -> tuple[np.ndarray, Dataset]:
-    ds = _read(path, stop_before_pixels=False)
-    if ds is None:  # the file changed since the scan
-        raise UnreadableFileError(f"{path} (series {series_uid}) is no longer a DICOM file.")
+def _slice_hu(path: Path, ds: Dataset, series_uid: str, out: np.ndarray) -> Dataset:
+    """Decode the slice ``ds`` read from ``path`` by the scan into HU in ``out`` (rows, cols); return ``ds``
+    without its pixel data."""
+    rows, cols = out.shape
     syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
     if "PixelData" not in ds:
         raise UnreadableFileError(f"{path} (series {series_uid}) has no PixelData: the file is truncated or incomplete.")
@@ -405,9 +411,10 @@ def _slice_hu(path: Path, series_uid: str, rows: int, cols: int) -> tuple[np.nda
         )
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    hu = arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    # Convert contiguously, then copy once into ``out`` (a strided slice of the volume).
+    out[...] = arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     del ds.PixelData
-    return hu, ds
+    return ds
 
 
 # --------------------------------------------------------------------------- public
@@ -474,11 +481,12 @@ def read_series(
     _check_positions(paths, ipps, iop, pixel_spacing, series_uid, spacing_tolerance, lateral_tolerance_mm)
 
     rows, cols = int(items[0][1].Rows), int(items[0][1].Columns)
-    volume = np.empty((rows, cols, len(items)), dtype=np.float32)
-    headers: list[Dataset] = []
-    for k, path in enumerate(paths):
-        volume[:, :, k], header = _slice_hu(path, series_uid, rows, cols)
-        headers.append(header)
+    import torch
+    from monai.data import MetaTensor
+
+    volume = torch.empty((rows, cols, len(items)), dtype=torch.float32)
+    array = volume.numpy()
+    headers = [_slice_hu(path, ds, series_uid, array[:, :, k]) for k, (path, ds) in enumerate(items)]
 
     try:
         affine = affine_lps_from_datasets(headers)
@@ -486,9 +494,6 @@ def read_series(
         raise MissingTagError(f"Series {series_uid} ({paths[0]}): {exc}") from exc
     # Use the exact (sorted, validated) IPP of slice 0 as parsed.
     affine[:3, 3] = ipps[0]
-
-    import torch
-    from monai.data import MetaTensor
 
     affine_ras = lps_to_ras(affine)
     meta = {
@@ -498,9 +503,7 @@ def read_series(
         "original_affine": affine_ras.copy(),
         "spatial_shape": np.asarray(volume.shape),
     }
-    tensor = MetaTensor(
-        torch.from_numpy(volume[None]), affine=torch.as_tensor(affine_ras, dtype=torch.float64), meta=meta
-    )
+    tensor = MetaTensor(volume[None], affine=torch.as_tensor(affine_ras, dtype=torch.float64), meta=meta)
     first = headers[0]
     logger.debug("Read CT series %s: %d slices from %s", series_uid, len(headers), folder)
     return CTSeries(
