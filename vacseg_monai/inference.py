@@ -364,30 +364,31 @@ def resample_argmax(
     c0, c1, cw0, cw1 = _source_index(w, cols, device)
     below = torch.clamp(torch.arange(h, device=device) + 1, max=h - 1)
     right = torch.clamp(torch.arange(w, device=device) + 1, max=w - 1)
+    # The argmax over the channel axis as stored (C outermost) is 4x faster than over a permuted view.
+    low_all = logits.max(dim=0).indices.to(torch.uint8).permute(2, 0, 1)  # (n, h, w) view
+    if (h, w) == (rows, cols):
+        out.copy_(low_all)
+        return out.permute(1, 2, 0)[None]
     for start in range(0, n, chunk_slices):
         stop = min(start + chunk_slices, n)
-        chunk = logits[..., start:stop].permute(3, 0, 1, 2).float()  # (slices, C, h, w)
-        if (h, w) == (rows, cols):
-            out[start:stop] = chunk.max(dim=1).indices.to(torch.uint8)
-            continue
-        low = chunk.max(dim=1).indices.to(torch.uint8)
+        low = low_all[start:stop].contiguous()
         low_below = low[:, below]
         # `uniform[s, a, b]`: the source pixels (a, b), (a+1, b), (a, b+1), (a+1, b+1) share one label.
         uniform = (low == low_below) & (low == low[:, :, right]) & (low == low_below[:, :, right])
         mixed = uniform.index_select(1, r0).index_select(2, c0).logical_not_()
         s, i, j = mixed.nonzero(as_tuple=True)
         if s.numel() > max_mixed_fraction * mixed.numel():
-            out[start:stop] = _resize_argmax_dense(chunk, rows, cols)
+            out[start:stop] = _resize_argmax_dense(logits[..., start:stop].permute(3, 0, 1, 2).float(), rows, cols)
             continue
         labels = low.index_select(1, r0).index_select(2, c0)
         if s.numel():
-            a, b, c, d = r0[i], r1[i], c0[j], c1[j]
-            wa, wb, wc, wd = rw0[i, None], rw1[i, None], cw0[j, None], cw1[j, None]
-            # Same order of operations as F.interpolate's bilinear kernel.
-            values = wa * (wc * chunk[s, :, a, c] + wd * chunk[s, :, a, d]) + wb * (
-                wc * chunk[s, :, b, c] + wd * chunk[s, :, b, d]
+            a, b, c, d, k = r0[i], r1[i], c0[j], c1[j], s + start
+            wa, wb, wc, wd = rw0[i], rw1[i], cw0[j], cw1[j]
+            # Same order of operations as F.interpolate's bilinear kernel; values are (C, pixels).
+            values = wa * (wc * logits[:, a, c, k].float() + wd * logits[:, a, d, k].float()) + wb * (
+                wc * logits[:, b, c, k].float() + wd * logits[:, b, d, k].float()
             )
-            labels[s, i, j] = values.max(dim=1).indices.to(torch.uint8)
+            labels[s, i, j] = values.max(dim=0).indices.to(torch.uint8)
         out[start:stop] = labels
     return out.permute(1, 2, 0)[None]
 
