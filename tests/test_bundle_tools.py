@@ -231,6 +231,28 @@ def test_minimal_schema_requires_network_data_format():
         jsonschema.validate(meta, MINIMAL_META_SCHEMA)
 
 
+def test_verify_metadata_command_passes_and_names_a_missing_key(tmp_path):
+    """``python -m monai.bundle verify_metadata`` as a user runs it, with the schema file given by --filepath.
+
+    MONAI skips the download when that file exists, so the hand-written schema above stands in for the
+    official one here (no network). The official meta_schema_20240725.json is used when MONAI_META_SCHEMA
+    points at a copy (test_bundle_training.test_verify_metadata_against_schema_file).
+    """
+    schema = tmp_path / "meta_schema_20240725.json"
+    schema.write_text(json.dumps(MINIMAL_META_SCHEMA))
+    result = _bundle_tool("verify_metadata", "--meta_file", str(META), "--filepath", str(schema))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "metadata is verified with no error" in result.stdout + result.stderr
+
+    broken = json.loads(META.read_text())
+    del broken["authors"]
+    broken_meta = tmp_path / "metadata.json"
+    broken_meta.write_text(json.dumps(broken))
+    result = _bundle_tool("verify_metadata", "--meta_file", str(broken_meta), "--filepath", str(schema))
+    assert result.returncode != 0
+    assert "'authors' is a required property" in result.stdout + result.stderr
+
+
 # ------------------------------------------------------------------ multi_gpu_train.json on CPU
 
 
