@@ -27,6 +27,7 @@ from test_service_support import (
 from vacseg_monai.service.config import Destination, NodeConfig
 from vacseg_monai.service.jobs import JobState, JobStore
 from vacseg_monai.service.scp import DicomNode
+from vacseg_monai.service.worker import StandInProcessor, process_job
 
 pytestmark = needs_dcmtk
 
@@ -257,3 +258,50 @@ def test_worker_reports_ready_only_once_its_processor_is_loaded(tmp_path):
     broken = make_node(tmp_path / "broken", processor="test_service_support:NoSuchProcessor")
     with broken:
         assert not broken.worker.wait_ready(3)
+
+
+class _CrashBeforeDone(JobStore):
+    """A job store whose process "dies" (SystemExit) when a job is about to be recorded done."""
+
+    def transition(self, job_id, state, *, reason=None, **fields):
+        if JobState(state) is JobState.DONE:
+            raise SystemExit("simulated crash between the export and the done record")
+        return super().transition(job_id, state, reason=reason, **fields)
+
+
+def test_crash_after_export_resends_the_same_instance_and_then_never_again(tmp_path):
+    """The one window where a result can go twice: exported, then a crash before `done` is on disk.
+
+    The job resumes at `exporting` with the files already written, so the destination gets the
+    same SOP instance (same SOPInstanceUID) again, not a second structure set; once `done`, never again.
+    """
+    series_dir = tmp_path / "ct"
+    write_series(series_dir, n_slices=3)
+    first = dcmread(sorted(series_dir.glob("*.dcm"))[0], stop_before_pixels=True)
+    destination = StoreSCP(tmp_path / "dest", options=("+uf",)).start()  # +uf: a resend gets its own file
+    try:
+        config = NodeConfig(output_directory=tmp_path / "node", export_timeout=20, export_retry_initial=0.25,
+                            destination=Destination("127.0.0.1", destination.port, destination.aet))  # fmt: skip
+        crashing = _CrashBeforeDone(config.output_directory)
+        job = crashing.create(study_uid=str(first.StudyInstanceUID), series_uid=str(first.SeriesInstanceUID))
+        for path in series_dir.glob("*.dcm"):
+            (crashing.series_dir(job.job_id) / path.name).write_bytes(path.read_bytes())
+        crashing.transition(job.job_id, JobState.QUEUED)
+        processor = StandInProcessor(use_read_series=False)
+
+        with pytest.raises(SystemExit, match="simulated crash"):
+            process_job(crashing, job.job_id, processor, config)
+        wait_until(lambda: len(destination.files()) == 1, 10, "the first delivery")
+        store = JobStore(config.output_directory)  # the restarted node
+        stuck = store.load(job.job_id)
+        assert stuck.state is JobState.EXPORTING
+        sent_uid = str(dcmread(store.job_dir(job.job_id) / stuck.outputs[0]).SOPInstanceUID)
+
+        assert process_job(store, job.job_id, processor, config).state is JobState.DONE
+        assert process_job(store, job.job_id, processor, config).state is JobState.DONE  # done is left alone
+        wait_until(lambda: len(destination.files()) >= 2, 10, "the resend")
+        received = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in destination.files()]
+        assert received == [sent_uid, sent_uid]
+        assert store.load(job.job_id).attempts == 1  # not inferred again
+    finally:
+        destination.stop()

@@ -78,7 +78,8 @@ def echoscu(port: int, *, aet: str = "ECHOSCU", aec: str = "VACSEG", timeout: fl
 class StoreSCP:
     """A DCMTK storescp destination on a free port, writing into ``folder``."""
 
-    def __init__(self, folder: Path, port: int | None = None, aet: str = "DEST") -> None:
+    def __init__(self, folder: Path, port: int | None = None, aet: str = "DEST", options: tuple[str, ...] = ()) -> None:
+        self.options = tuple(options)
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -87,7 +88,7 @@ class StoreSCP:
 
     def start(self) -> StoreSCP:
         self.proc = subprocess.Popen(
-            ["storescp", "-aet", self.aet, "+xa", "-od", str(self.folder), str(self.port)],
+            ["storescp", "-aet", self.aet, "+xa", *self.options, "-od", str(self.folder), str(self.port)],
             env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_until(self._listening, 10, f"storescp on port {self.port}")
