@@ -9,6 +9,10 @@
    series over one DCMTK storescu association; the SCP process's VmRSS is
    sampled every 50 ms during the send. Target: flat, i.e. growth over the send
    small (reported in MiB, total and over the second half).
+3. SCP, one large instance: the node receives a single CT image of
+   ``--large-size`` (default 8192 x 8192, 128 MiB of pixel data); the growth of the
+   SCP process's peak RSS (VmHWM) shows whether the instance was held in memory
+   (it should not be: it is received straight into a file).
 
     .venv/bin/python -m benchmarks.bench_memory [--slices 300] [--instances 1000] [--out FILE]
 """
@@ -42,7 +46,7 @@ from benchmarks.common import (
     work_root,
 )
 
-__all__ = ["main", "run", "scp_rss", "worker_peak"]
+__all__ = ["main", "run", "scp_large_instance", "scp_rss", "worker_peak"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,14 +150,43 @@ def scp_rss(instances: int = 1000, size: int = 64, interval: float = 0.05) -> di
     }
 
 
-def run(slices: int = 300, size: int = 512, instances: int = 1000, scp_size: int = 64) -> dict[str, Any]:
-    """Both measurements; see the module docstring."""
+def scp_large_instance(size: int = 8192) -> dict[str, Any]:
+    """Growth of the node's SCP peak RSS (VmHWM) while it receives one ``size`` x ``size`` CT image."""
+    import numpy as np
+
+    from vacseg_monai.dicom.synthetic import write_ct_series
+
+    with tempfile.TemporaryDirectory(dir=work_root()) as tmp:
+        image = np.full((size, size, 1), -1000, np.int16)
+        image[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 40
+        sent = write_ct_series(image, Path(tmp) / "large", pixel_spacing=(0.05, 0.05), slice_thickness=1.0)[0]
+        del image
+        with DicomPeer("node", Path(tmp) / "node", node_args=["--processor", STAND_IN]) as node:
+            time.sleep(1.0)  # let start-up settle
+            before = proc_status_kb(node.proc.pid, "VmHWM")
+            seconds = storescu_send([sent], node.port, node.ae_title, timeout=600)
+            after = proc_status_kb(node.proc.pid, "VmHWM")
+        mib = 1024.0
+        return {
+            "image_size": [size, size],
+            "file_mib": round(sent.stat().st_size / 2**20, 1),
+            "send_s": round(seconds, 3),
+            "vmhwm_mib": {"before": round(before / mib, 1), "after": round(after / mib, 1)},
+            "peak_growth_mib": round((after - before) / mib, 1),
+        }
+
+
+def run(slices: int = 300, size: int = 512, instances: int = 1000, scp_size: int = 64,
+        large_size: int = 8192) -> dict[str, Any]:
+    """The three measurements; see the module docstring."""
     worker = worker_peak(slices, size)
     scp = scp_rss(instances, scp_size)
+    large = scp_large_instance(large_size)
     return {
         "benchmark": "memory",
         "worker": worker,
         "scp": scp,
+        "scp_large": large,
         "met": {"worker_peak": worker["met"], "scp_flat": scp["growth_second_half_mib"] <= 20.0},
         "targets": {"worker_peak_gb": 3.0, "scp_growth_second_half_mib_max": 20.0},
         "machine": machine_info(),
@@ -172,6 +205,8 @@ def summary(result: dict[str, Any]) -> str:
         [f"SCP RSS max during {s['instances']} instances (MiB)", s["rss_mib"]["max"], ""],
         ["SCP RSS growth over the send (MiB)", s["growth_mib"], ""],
         ["SCP RSS growth, second half (MiB)", s["growth_second_half_mib"], "<= 20"],
+        [f"SCP peak RSS growth, one {result['scp_large']['file_mib']} MiB instance (MiB)",
+         result["scp_large"]["peak_growth_mib"], ""],
     ]
     return table(rows, ["measure", "value", "target"])
 
@@ -183,6 +218,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--size", type=int, default=512, help="rows = columns of that series (default 512)")
     parser.add_argument("--instances", type=int, default=1000, help="instances sent to the SCP (default 1000)")
     parser.add_argument("--scp-size", type=int, default=64, help="rows = columns of those instances (default 64)")
+    parser.add_argument("--large-size", type=int, default=8192, help="rows = columns of the large instance (default 8192)")
     parser.add_argument("--child-segment", metavar="SERIES_DIR", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     opts = parser.parse_args(args)
@@ -191,7 +227,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         child = _child_segment(opts.child_segment)
         print(json.dumps(child))
         return child
-    result = run(opts.slices, opts.size, opts.instances, opts.scp_size)
+    result = run(opts.slices, opts.size, opts.instances, opts.scp_size, opts.large_size)
     return emit(result, summary(result), opts.out)
 
 

@@ -35,7 +35,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "network": ("benchmarks.bench_network", ["--repeats", "5"], ["--repeats", "1"]),
     "postprocess": ("benchmarks.bench_postprocess", ["--repeats", "5"], ["--repeats", "1"]),
     "training": ("benchmarks.bench_training", ["--repeats", "5", "--steps", "10"], ["--repeats", "2", "--steps", "4"]),
-    "memory": ("benchmarks.bench_memory", [], ["--slices", "100", "--instances", "200"]),
+    "memory": ("benchmarks.bench_memory", [], ["--slices", "100", "--instances", "200", "--large-size", "2048"]),
     "rtstruct": ("benchmarks.bench_rtstruct", ["--repeats", "5"], ["--repeats", "1"]),
 }
 
@@ -413,7 +413,14 @@ def render_report(data: dict[str, dict[str, Any]], machine: dict[str, Any], comm
                 f"| SCP RSS growth over the send / second half | {s['growth_mib']:.1f} / "
                 f"**{s['growth_second_half_mib']:.1f} MiB** (flat if <= 20 MiB: "
                 f"{'met' if mem['met']['scp_flat'] else 'missed'}) |",
-                f"| SCP receive rate of the small images | {s['images_per_s']} images/s |", ""]
+                f"| SCP receive rate of the small images | {s['images_per_s']} images/s |"]
+        if "scp_large" in mem:
+            big = mem["scp_large"]
+            out += [f"| SCP peak RSS (VmHWM) growth receiving one {big['image_size'][0]} x {big['image_size'][1]} "
+                    f"instance ({big['file_mib']:.0f} MiB) | **{big['peak_growth_mib']:.1f} MiB** "
+                    f"({big['vmhwm_mib']['before']:.1f} -> {big['vmhwm_mib']['after']:.1f} MiB; the instance is "
+                    f"received into a file, not held in memory) |"]
+        out += [""]
 
     if "rtstruct" in data:
         rt = data["rtstruct"]

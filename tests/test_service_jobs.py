@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +64,26 @@ def test_format_status_lists_states_and_reasons(tmp_path):
     text = format_status(store.jobs())
     assert job.job_id in text and "failed" in text and "Series is not CT" in text and "1.2.840.99" in text
     assert "(no jobs)" in format_status([])
+
+
+def test_move_atomic_renames_on_one_file_system_and_copies_across(tmp_path):
+    from vacseg_monai.service.jobs import move_atomic
+
+    source = tmp_path / "incoming.dcm"
+    source.write_bytes(b"x" * 70000)
+    (tmp_path / "series").mkdir()
+    move_atomic(source, tmp_path / "series" / "a.dcm")
+    assert not source.exists() and (tmp_path / "series" / "a.dcm").read_bytes() == b"x" * 70000
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second file system (/dev/shm) to move across")
+    other = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        source = other / "incoming.dcm"
+        source.write_bytes(b"y" * 70000)
+        move_atomic(source, tmp_path / "series" / "b.dcm")  # rename fails with EXDEV: copied instead
+        assert (tmp_path / "series" / "b.dcm").read_bytes() == b"y" * 70000
+        assert [p.name for p in (tmp_path / "series").iterdir() if p.name.startswith(".")] == []  # no temp left
+    finally:
+        shutil.rmtree(other, ignore_errors=True)

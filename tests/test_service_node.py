@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
@@ -305,3 +306,29 @@ def test_crash_after_export_resends_the_same_instance_and_then_never_again(tmp_p
         assert store.load(job.job_id).attempts == 1  # not inferred again
     finally:
         destination.stop()
+
+
+def test_a_large_instance_is_received_into_a_file_and_stored_byte_for_byte(tmp_path):
+    """A 32 MB instance goes to disk as pynetdicom receives it (no copy held in memory) and is moved
+    into its job unchanged: the stored data set is byte for byte the one sent."""
+    from vacseg_monai.dicom.synthetic import write_ct_series
+    from vacseg_monai.service.scp import INCOMING_DIR
+
+    image = np.full((4096, 4096, 1), -1000, np.int16)
+    image[1000:3000, 1000:3000] = 40
+    sent = write_ct_series(image, tmp_path / "big", pixel_spacing=(0.1, 0.1), slice_thickness=1.0)[0]
+    node = make_node(tmp_path)
+    with node:
+        result = storescu(node.port, [sent], timeout=60)
+        assert result.returncode == 0 and "Received Store Response (Success)" in result.stderr, result.stderr
+        job = wait_finished(node.store, 1)[0]
+        stored = node.store.series_dir(job.job_id) / f"{dcmread(sent, stop_before_pixels=True).SOPInstanceUID}.dcm"
+        assert _data_set_bytes(stored) == _data_set_bytes(sent)
+        assert list((node.store.root / INCOMING_DIR).iterdir()) == []  # nothing left behind
+
+
+def _data_set_bytes(path: Path) -> bytes:
+    """The bytes of a DICOM file after its preamble and file meta group (whose length (0002,0000) gives)."""
+    data = path.read_bytes()
+    assert data[128:132] == b"DICM" and data[132:138] == b"\x02\x00\x00\x00UL", path
+    return data[144 + int.from_bytes(data[140:144], "little") :]

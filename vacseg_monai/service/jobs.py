@@ -24,10 +24,12 @@ again.
 from __future__ import annotations
 
 import enum
+import errno
 import json
 import logging
 import os
 import secrets
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ __all__ = [
     "JobStore",
     "PENDING_STATES",
     "format_status",
+    "move_atomic",
     "write_atomic",
 ]
 
@@ -150,6 +153,38 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def move_atomic(source: Path, path: Path) -> None:
+    """Move the complete file ``source`` to ``path`` durably: fsync it, rename it, fsync the directory.
+
+    On another file system (no rename possible) the file is copied with :func:`shutil.copyfile`
+    to a temporary name beside ``path``, fsync'ed and renamed; ``source`` is then left to its owner.
+
+    Args:
+        source: the file, fully written (flushed) by its writer.
+        path: destination; its directory must exist.
+
+    Raises:
+        OSError: if syncing, renaming or copying fails.
+    """
+    with open(source, "rb") as handle:
+        os.fsync(handle.fileno())
+    try:
+        os.replace(source, path)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     fsync_dir(path.parent)
 
 

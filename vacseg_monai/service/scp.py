@@ -3,7 +3,10 @@
 The SCP never runs the model. A C-STORE is acknowledged with success only after
 the bytes received from the peer (written as they came, with file meta, not
 decoded and re-encoded) are on disk and fsync'ed under
-``jobs/<job_id>/series/<SOPInstanceUID>.dcm``. A series is complete when the
+``jobs/<job_id>/series/<SOPInstanceUID>.dcm``. pynetdicom writes each instance
+into a file under ``incoming/`` while it arrives; the handler parses only its
+header (the pixel data stay on disk) and renames the file into its job, so no
+instance, however large, is held whole in memory. A series is complete when the
 last association that sent to it ends (release, abort or dropped connection),
 or ``series_timeout`` seconds after that if nothing more arrives, so a sender
 may spread a series over several associations. The complete job is marked
@@ -21,16 +24,18 @@ import secrets
 import shutil
 import signal
 import ssl
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pydicom import dcmread
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 
 from vacseg_monai.service.config import NodeConfig
-from vacseg_monai.service.jobs import JobState, JobStore, write_atomic
+from vacseg_monai.service.jobs import JobState, JobStore, move_atomic, write_atomic
 from vacseg_monai.service.uids import InvalidUIDError, sanitize_uid
 from vacseg_monai.service.worker import WorkerProcess
 
@@ -47,6 +52,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
+#: Values longer than this (bytes) stay in the received file when its header is parsed: the pixel data.
+_DEFER_BYTES = 8192
+#: Folder of the store where pynetdicom writes instances as they arrive (same file system: moved by rename).
+INCOMING_DIR = "incoming"
 
 #: Seconds `run_node` waits for the worker to load the bundle before it logs an error (it keeps running).
 WORKER_READY_TIMEOUT_S = 120
@@ -105,7 +115,7 @@ class SeriesAssembler:
         return shutil.disk_usage(self.store.root).free >= self.min_free_bytes
 
     def store_instance(
-        self, association: int, calling_aet: str, study_uid: str, series_uid: str, sop_uid: str, data: bytes
+        self, association: int, calling_aet: str, study_uid: str, series_uid: str, sop_uid: str, data: bytes | Path
     ) -> bool:
         """Write one instance durably into its series job.
 
@@ -115,7 +125,8 @@ class SeriesAssembler:
             study_uid: sanitised StudyInstanceUID.
             series_uid: sanitised SeriesInstanceUID.
             sop_uid: sanitised SOPInstanceUID, the file name.
-            data: the encoded instance with preamble and file meta.
+            data: the encoded instance with preamble and file meta, as bytes or as a complete file,
+                which is moved into the job (renamed when on the same file system).
 
         Returns:
             True if written, False if it was a duplicate of an instance already
@@ -140,7 +151,11 @@ class SeriesAssembler:
             series.sop_uids.add(sop_uid)
             job_id = series.job_id
         try:
-            write_atomic(self.store.series_dir(job_id) / f"{sop_uid}.dcm", data)
+            target = self.store.series_dir(job_id) / f"{sop_uid}.dcm"
+            if isinstance(data, Path):
+                move_atomic(data, target)
+            else:
+                write_atomic(target, data)
         except BaseException:
             with self._lock:
                 series.sop_uids.discard(sop_uid)
@@ -248,7 +263,8 @@ def _pixel_data_problem(ds, transfer_syntax) -> str | None:
         expected = (expected * bits + 7) // 8
     except (AttributeError, TypeError, ValueError):
         return "the pixel data has no usable Rows, Columns or BitsAllocated"
-    got = len(ds.PixelData)
+    element = ds.get_item("PixelData", keep_deferred=True)  # not read: its length is in the header
+    got = element.length if element.value is None else len(element.value)
     if got < expected:
         return f"the pixel data holds {got} bytes where Rows, Columns and BitsAllocated need {expected} (truncated?)"
     return None
@@ -276,8 +292,11 @@ def handle_store(event: evt.Event, assembler: SeriesAssembler) -> int:
     except OSError:
         logger.exception("Cannot check free space on %s", assembler.store.root)
         return StoreStatus.OUT_OF_RESOURCES
+    # With pynetdicom's STORE_RECV_CHUNKED_DATASET (as DicomNode runs it) the received bytes are already
+    # in a file, preceded by file meta; only its header is parsed here, the pixel data stay on disk.
+    received = event.dataset_path
     try:
-        ds = event.dataset
+        ds = dcmread(received, defer_size=_DEFER_BYTES) if received is not None else event.dataset
         raw = {name: ds.get(name) for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
     except Exception:
         logger.exception("Cannot decode the data set sent by %s", peer)
@@ -300,7 +319,7 @@ def handle_store(event: evt.Event, assembler: SeriesAssembler) -> int:
         logger.error("Refusing instance %s from %s: %s", uids["SOPInstanceUID"], peer, problem)
         return StoreStatus.CANNOT_UNDERSTAND
     try:
-        data = event.encoded_dataset(include_meta=True)
+        data = Path(received) if received is not None else event.encoded_dataset(include_meta=True)
         written = assembler.store_instance(
             id(assoc), assoc.requestor.ae_title, uids["StudyInstanceUID"], uids["SeriesInstanceUID"],
             uids["SOPInstanceUID"], data,
@@ -387,6 +406,7 @@ class DicomNode:
         )
         self._server = None
         self._stop = threading.Event()
+        self._saved_settings: tuple[bool, str | None] | None = None
 
     @property
     def port(self) -> int:
@@ -396,8 +416,21 @@ class DicomNode:
         return self._server.server_address[1]
 
     def start(self) -> None:
-        """Recover unfinished jobs, start the worker, then listen."""
+        """Recover unfinished jobs, start the worker, then listen.
+
+        Instances are received straight into files (pynetdicom's ``STORE_RECV_CHUNKED_DATASET``), so a
+        large instance is never held whole in memory. pynetdicom names those files with :mod:`tempfile`;
+        the node points the process's temporary folder at ``<output>/incoming`` until :meth:`stop`, so that
+        a received file is renamed into its job rather than copied. Files left there by a crash were never
+        acknowledged and are removed.
+        """
         cfg = self.config
+        incoming = self.store.root / INCOMING_DIR
+        shutil.rmtree(incoming, ignore_errors=True)
+        incoming.mkdir(parents=True)
+        self._saved_settings = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(incoming)
         self.assembler.recover()
         self.worker.start()
         ae = AE(ae_title=cfg.ae_title)
@@ -449,6 +482,9 @@ class DicomNode:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        if self._saved_settings is not None:
+            _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = self._saved_settings
+            self._saved_settings = None
         self.assembler.close()
         self.worker.stop(timeout)
 
