@@ -275,11 +275,12 @@ def render_report(data: dict[str, dict[str, Any]], machine: dict[str, Any], comm
             stages = lat["stages_median_s"]
             ideas.append(f"Post-processing takes {groups['postprocess']:.2f} s (resample + argmax "
                          f"{stages.get('resample_argmax', 0):.2f} s, clean-up {stages.get('clean_up', 0):.2f} s): "
-                         "clean up at the network's 256 grid and resize the label map (nearest) instead of "
-                         "4-channel logits to 512.")
+                         "the resample already interpolates only near label boundaries and the clean-up works "
+                         "on bounding boxes; cleaning at the network's 256 grid would cut it further but changes "
+                         "the result near boundaries.")
         if groups.get("read/decode", 0) > 0.1 * total:
-            ideas.append(f"Reading the series takes {groups['read/decode']:.2f} s: read while receiving, or skip "
-                         "re-validation of files the SCP already parsed.")
+            ideas.append(f"Reading the series takes {groups['read/decode']:.2f} s (one parse per file, pixel data "
+                         "read when decoded): read while the series is still arriving, when the worker is idle.")
 
     if "network" in data:
         net = data["network"]
@@ -354,10 +355,13 @@ def render_report(data: dict[str, dict[str, Any]], machine: dict[str, Any], comm
             c = rec.get("per_instance_ms")
             if c:
                 text += (f" Measured pieces: durable write {c['write_fsync']:.2f} ms (plain write {c['write']:.2f}), "
-                         f"full decode {c['decode']:.2f} ms (header only {c['decode_header']:.2f}), re-encode "
-                         f"{c['encode']:.2f} ms. Avoid decoding/re-encoding on the ack path (UIDs from the "
-                         "header only, write the received bytes) and fsync the directory once per series at "
-                         "release instead of per instance; a larger PDU size helps pynetdicom too.")
+                         f"header parse {c['decode_header']:.2f} ms (full decode {c['decode']:.2f}).")
+            text += (" The node already writes the received bytes and parses only the header; it receives each "
+                     "instance straight into a file (pynetdicom's chunked receive), so that no instance is held "
+                     "in memory, and pynetdicom then writes the file meta and every fragment (with a flush) in its "
+                     "reading thread, about 1 ms per image here. Receiving into memory measured 0.82 to 0.90 x but "
+                     "keeps each instance whole in memory, several times over. Left: fsync the directory once per "
+                     "series at release rather than per instance.")
             ideas.append(text)
 
     if "training" in data:
