@@ -33,6 +33,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 __all__ = [
     "Job",
@@ -143,17 +144,21 @@ def write_atomic(path: Path, data: bytes) -> None:
     Raises:
         OSError: if writing or renaming fails (the temporary file is removed).
     """
+    _replace_via_temporary(path, lambda tmp: tmp.write_bytes(data))
+    fsync_dir(path.parent)
+
+
+def _replace_via_temporary(path: Path, fill: Callable[[Path], object]) -> None:
+    """Let ``fill`` write a temporary file beside ``path``, fsync it, rename it to ``path``; remove it on failure."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        fill(tmp)
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
 
 
 def move_atomic(source: Path, path: Path) -> None:
@@ -176,15 +181,7 @@ def move_atomic(source: Path, path: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            shutil.copyfile(source, tmp)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        _replace_via_temporary(path, lambda tmp: shutil.copyfile(source, tmp))
     fsync_dir(path.parent)
 
 
