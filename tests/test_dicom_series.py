@@ -338,3 +338,30 @@ def test_geometry_helpers():
         geometry.check_iop([2, 0, 0, 0, 1, 0], where="x.dcm")
     with pytest.raises(ValueError, match="6 finite numbers"):
         geometry.check_iop([1, 0, 0, 0, 1])
+
+
+def test_decoded_slices_give_the_same_series_and_bad_files_fall_back(tmp_path):
+    """Files decoded ahead (while a series arrives) are used as they are; the result is the same."""
+    from vacseg_monai.dicom.series import decode_slice
+
+    image = (np.arange(24 * 20 * 5, dtype=np.int16).reshape(24, 20, 5) % 900) - 500
+    paths = write_ct_series(image, tmp_path / "ct", pixel_spacing=(0.8, 0.9), slice_thickness=2.5, rescale_intercept=-1024)
+    (tmp_path / "ct" / "notes.txt").write_text("not DICOM")
+    plain = read_series(tmp_path / "ct")
+
+    decoded = {path: decode_slice(path) for path in sorted((tmp_path / "ct").iterdir())}
+    assert decoded[tmp_path / "ct" / "notes.txt"] is None  # not DICOM: left to read_series
+    decoded[paths[2]] = None  # as if it had not been decoded in time
+    again = read_series(tmp_path / "ct", decoded=decoded)
+    torch.testing.assert_close(again.volume.as_tensor(), plain.volume.as_tensor(), rtol=0, atol=0)
+    np.testing.assert_array_equal(again.affine_ras, plain.affine_ras)
+    assert again.sop_instance_uids == plain.sop_instance_uids
+    assert "PixelData" not in again.datasets[0]
+    assert decoded[paths[0]].header is again.datasets[plain.files.index(paths[0])]  # reused, not re-read
+
+    mr = pydicom.dcmread(paths[0])
+    mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    mr.save_as(tmp_path / "mr.dcm")
+    assert decode_slice(tmp_path / "mr.dcm") is None
+    (tmp_path / "cut.dcm").write_bytes(paths[1].read_bytes()[:-100])  # truncated inside the pixel data
+    assert decode_slice(tmp_path / "cut.dcm") is None

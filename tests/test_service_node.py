@@ -332,3 +332,16 @@ def _data_set_bytes(path: Path) -> bytes:
     data = path.read_bytes()
     assert data[128:132] == b"DICM" and data[132:138] == b"\x02\x00\x00\x00UL", path
     return data[144 + int.from_bytes(data[140:144], "little") :]
+
+
+def test_worker_is_told_of_a_series_while_it_arrives(tmp_path):
+    """The SCP tells the worker about a job at its first instance; the worker offers the files to the
+    processor's prefetch hook while the series is still open (here: 1.5 s of quiet after the release)."""
+    files = write_series(tmp_path / "ct", 4)
+    node = make_node(tmp_path, series_timeout=1.5, processor="test_service_support:PrefetchRecorder")
+    with node:
+        assert storescu(node.port, files).returncode == 0
+        job = wait_finished(node.store, 1)[0]
+        assert job.state is JobState.DONE, job.reason
+        seen = (node.store.job_dir(job.job_id) / "prefetched").read_text().split()
+        assert sorted(seen) == sorted(f"{dcmread(f).SOPInstanceUID}.dcm" for f in files)

@@ -6,6 +6,8 @@ The shipped model's accuracy through the node is tested in test_service_bundle.p
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import subprocess
 
 import numpy as np
@@ -93,3 +95,29 @@ def test_processor_names_missing_weights(tmp_path):
 def test_processor_refuses_output_none(tiny_weights):
     with pytest.raises(ValueError, match="'none'"):
         BundleProcessor(bundle=default_bundle_root(), ckpt_path=tiny_weights, output="none", overrides=TINY)
+
+
+def test_files_decoded_while_the_series_arrives_give_the_same_contours(tmp_path, tiny_weights, ct_dir, caplog):
+    processor = BundleProcessor(bundle=default_bundle_root(), output="rtstruct", ckpt_path=tiny_weights,
+                                overrides=TINY, qa_picture=False)
+    plain = pydicom.dcmread(processor(ct_dir, tmp_path / "a")[0])
+
+    arriving = tmp_path / "series"
+    arriving.mkdir()
+    files = sorted(ct_dir.glob("*.dcm"))
+    for path in files[:5]:  # the first files have arrived
+        shutil.copy(path, arriving / path.name)
+    assert processor.prefetch(arriving) == 5
+    assert processor.prefetch(arriving) == 0  # nothing new
+    for path in files[5:]:
+        shutil.copy(path, arriving / path.name)
+    assert processor.prefetch(arriving, budget_s=0.0) == 1  # bounded work per call
+    assert processor.prefetch(arriving) == len(files) - 6
+    with caplog.at_level(logging.INFO, logger="vacseg_monai.service.processor"):
+        ahead = pydicom.dcmread(processor(arriving, tmp_path / "b")[0])
+    assert f"{len(files)} of its files were decoded while it arrived" in caplog.text
+
+    def contours(ds):
+        return [[list(c.ContourData) for c in roi.get("ContourSequence", [])] for roi in ds.ROIContourSequence]
+
+    assert contours(ahead) == contours(plain) and any(contours(plain))

@@ -130,6 +130,21 @@ class BlockingProcessor:
         raise RuntimeError("BlockingProcessor was not killed within 120 s")
 
 
+class PrefetchRecorder(StandInProcessor):
+    """Stand-in processor with a ``prefetch`` hook that records, in ``<job_dir>/prefetched``, the files it saw."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.seen: dict[Path, set[str]] = {}
+
+    def prefetch(self, series_dir: Path) -> int:
+        seen = self.seen.setdefault(series_dir, set())
+        new = {p.name for p in series_dir.glob("*.dcm")} - seen
+        seen |= new
+        (series_dir.parent / "prefetched").write_text("\n".join(sorted(seen)))
+        return len(new)
+
+
 class FailOnDescriptionProcessor(StandInProcessor):
     """Stand-in processor that raises for series described "please fail"."""
 

@@ -51,7 +51,7 @@ from vacseg_monai.dicom.outputs import OutputKind
 from vacseg_monai.labels import BACKGROUND, LABELS, Label, checked_label_map
 
 if TYPE_CHECKING:
-    from vacseg_monai.dicom.series import CTSeries
+    from vacseg_monai.dicom.series import CTSeries, DecodedSlice
 
 __all__ = [
     "DEFAULT_MIN_VACBAG_VOLUME_MM3",
@@ -227,12 +227,12 @@ def _load_npy(path: Path, spacing: Sequence[float] | None) -> InferenceInput:
     )
 
 
-def _load_dicom(path: Path) -> InferenceInput:
+def _load_dicom(path: Path, decoded: Mapping[Path, DecodedSlice | None] | None = None) -> InferenceInput:
     from vacseg_monai.dicom.errors import NoSeriesError
     from vacseg_monai.dicom.series import read_series
 
     try:
-        series = read_series(path)
+        series = read_series(path, decoded=decoded)
     except NoSeriesError as exc:
         raise InferenceInputError(f"{path} is none of {_LOOKED_FOR}: {exc}") from exc
     volume = series.volume
@@ -245,7 +245,11 @@ def _load_dicom(path: Path) -> InferenceInput:
     )
 
 
-def load_input(path: str | os.PathLike[str], npy_spacing: Sequence[float] | None = None) -> InferenceInput:
+def load_input(
+    path: str | os.PathLike[str],
+    npy_spacing: Sequence[float] | None = None,
+    decoded: Mapping[Path, DecodedSlice | None] | None = None,
+) -> InferenceInput:
     """Read the inference input: a DICOM CT series, a NIfTI volume or an npy patient folder.
 
     A folder with an ``img`` sub-folder is read in the npy layout, any other folder as
@@ -255,6 +259,7 @@ def load_input(path: str | os.PathLike[str], npy_spacing: Sequence[float] | None
     Args:
         path: the input path.
         npy_spacing: (row, col, slice) spacing in mm for npy input (default None: 1 mm each).
+        decoded: DICOM files of ``path`` already decoded (see :func:`vacseg_monai.dicom.series.read_series`).
 
     Returns:
         The loaded :class:`InferenceInput`.
@@ -281,7 +286,7 @@ def load_input(path: str | os.PathLike[str], npy_spacing: Sequence[float] | None
     elif (path / _IMG_DIR).is_dir():
         loaded = _load_npy(path, npy_spacing)
     else:
-        loaded = _load_dicom(path)
+        loaded = _load_dicom(path, decoded)
     logger.info("Read %s input %s: %s voxels", loaded.kind.value, path, "x".join(map(str, loaded.shape)))
     return loaded
 

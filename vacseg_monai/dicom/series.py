@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,7 +48,7 @@ from vacseg_monai.dicom.geometry import (
 if TYPE_CHECKING:
     from monai.data import MetaTensor
 
-__all__ = ["CTSeries", "DicomSeriesError", "SeriesSummary", "list_series", "read_series"]
+__all__ = ["CTSeries", "DecodedSlice", "DicomSeriesError", "SeriesSummary", "decode_slice", "list_series", "read_series"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,14 +184,17 @@ def _sop_class(ds: Dataset) -> str:
     return str(sop) if sop is not None else ""
 
 
-def _scan(folder: str | Path) -> dict[str, list[tuple[Path, Dataset]]]:
-    """Group the CT Image Storage headers under ``folder`` by SeriesInstanceUID."""
+def _scan(
+    folder: str | Path, decoded: Mapping[Path, DecodedSlice | None] | None = None
+) -> dict[str, list[tuple[Path, Dataset]]]:
+    """Group the CT Image Storage headers under ``folder`` by SeriesInstanceUID (``decoded`` headers reused)."""
     root = Path(folder)
     if not root.is_dir():
         raise NoSeriesError(f"Not a folder: {root}.")
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
     for path in _iter_files(root):
-        ds = _read(path)
+        ready = decoded.get(path) if decoded else None
+        ds = ready.header if ready is not None else _read(path)
         if ds is None:
             continue
         sop_class = _sop_class(ds)
@@ -420,12 +423,47 @@ def _slice_hu(path: Path, ds: Dataset, series_uid: str, out: np.ndarray) -> Data
 # --------------------------------------------------------------------------- public
 
 
+@dataclass(frozen=True)
+class DecodedSlice:
+    """One CT file read and decoded ahead of :func:`read_series` (see :func:`decode_slice`).
+
+    Attributes:
+        header: the file's data set without its pixel data.
+        hu: the slice in HU, float32 ``(rows, cols)``.
+    """
+
+    header: Dataset
+    hu: np.ndarray
+
+
+def decode_slice(path: str | Path) -> DecodedSlice | None:
+    """Read and decode one CT Image Storage file ahead of :func:`read_series`, e.g. while a series arrives.
+
+    Never raises for a bad file: anything that is not a decodable single-frame CT image
+    gives ``None``, and :func:`read_series` then reads that file itself and reports the problem.
+
+    Args:
+        path: the file.
+    """
+    path = Path(path)
+    try:
+        ds = _read(path)
+        if ds is None or _sop_class(ds) != CTImageStorage:
+            return None
+        out = np.empty((int(ds.Rows), int(ds.Columns)), dtype=np.float32)
+        return DecodedSlice(header=_slice_hu(path, ds, str(ds.get("SeriesInstanceUID", "")), out), hu=out)
+    except Exception:  # noqa: BLE001 - read_series reports it properly
+        logger.debug("Not decoding %s ahead; read_series will read it", path, exc_info=True)
+        return None
+
+
 def read_series(
     folder: str | Path,
     *,
     series_uid: str | None = None,
     spacing_tolerance: float = 0.05,
     lateral_tolerance_mm: float | None = None,
+    decoded: Mapping[Path, DecodedSlice | None] | None = None,
 ) -> CTSeries:
     """Read one CT series from a folder into a HU volume with a RAS affine.
 
@@ -438,6 +476,9 @@ def read_series(
             step before slices are reported missing (default 0.05).
         lateral_tolerance_mm: allowed sideways offset of a slice from the line through slice 0
             along the normal (default None: a tenth of the smaller pixel spacing).
+        decoded: files already read and decoded by :func:`decode_slice` (default None), by path as
+            the folder lists them; they are used instead of reading those files again, and pass the
+            same checks. The files must not have changed since.
 
     Returns:
         The validated :class:`CTSeries`, slices sorted along the slice normal.
@@ -456,7 +497,7 @@ def read_series(
     """
     if not 0 < spacing_tolerance < 1:
         raise ValueError(f"`spacing_tolerance` must be in (0, 1), got {spacing_tolerance}.")
-    groups = _scan(folder)
+    groups = _scan(folder, decoded)
     if not groups:
         raise NoSeriesError(f"No CT Image Storage series found in {folder}.")
     if series_uid is None:
@@ -486,7 +527,14 @@ def read_series(
 
     volume = torch.empty((rows, cols, len(items)), dtype=torch.float32)
     array = volume.numpy()
-    headers = [_slice_hu(path, ds, series_uid, array[:, :, k]) for k, (path, ds) in enumerate(items)]
+    headers = []
+    for k, (path, ds) in enumerate(items):
+        ready = decoded.get(path) if decoded else None
+        if ready is not None and ready.header is ds and ready.hu.shape == (rows, cols):
+            array[:, :, k] = ready.hu
+            headers.append(ds)
+        else:
+            headers.append(_slice_hu(path, ds, series_uid, array[:, :, k]))
 
     try:
         affine = affine_lps_from_datasets(headers)

@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
+from vacseg_monai.dicom.series import DecodedSlice, decode_slice
 from vacseg_monai.inference import InputKind, OutputKind, load_input
 from vacseg_monai.qa import OverlayPanel, save_overlay_montage
 from vacseg_monai.segmenter import BundleSegmenter
@@ -28,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 QA_PICTURE = "qa.png"
 TIMINGS_FILE = "timings.json"
+#: Series decoded ahead by `BundleProcessor.prefetch` that are kept at once (the oldest is dropped).
+MAX_PREFETCHED_SERIES = 4
 
 
 def _write_timings(job_dir: Path, timings: dict[str, float]) -> None:
@@ -87,7 +91,40 @@ class BundleProcessor:
         self.root_uid = root_uid
         self.qa_picture = qa_picture
         self._pending_qa: tuple[Path, np.ndarray, np.ndarray, str] | None = None
+        # Series folders still arriving -> their files decoded so far (see `prefetch`), oldest first.
+        self._decoded: OrderedDict[Path, dict[Path, DecodedSlice | None]] = OrderedDict()
         self.segmenter = BundleSegmenter(bundle, ckpt_path=ckpt_path, device=device, overrides=overrides)
+
+    def prefetch(self, series_dir: Path, budget_s: float = 0.1) -> int:
+        """Decode files of a series that is still arriving, while the worker would otherwise wait.
+
+        Called by the worker between messages while the SCP is receiving ``series_dir``;
+        each call decodes the files that appeared since the last one, for at most about
+        ``budget_s`` seconds. The job's read then only checks and assembles them. At most
+        :data:`MAX_PREFETCHED_SERIES` series are kept (the oldest is dropped).
+
+        Args:
+            series_dir: the receiving job's series folder.
+            budget_s: seconds of work per call (default 0.1).
+
+        Returns:
+            The number of files decoded by this call.
+        """
+        decoded = self._decoded.get(series_dir)
+        if decoded is None:
+            decoded = self._decoded[series_dir] = {}
+            while len(self._decoded) > MAX_PREFETCHED_SERIES:
+                self._decoded.popitem(last=False)
+        deadline = time.perf_counter() + budget_s
+        count = 0
+        for path in sorted(series_dir.glob("*.dcm")):
+            if path in decoded:
+                continue
+            decoded[path] = decode_slice(path)
+            count += 1
+            if time.perf_counter() > deadline:
+                break
+        return count
 
     def __call__(self, series_dir: Path, job_dir: Path) -> list[Path]:
         """Segment the series in ``series_dir``; return the RTSTRUCT/SEG files written under ``job_dir/output``.
@@ -97,10 +134,17 @@ class BundleProcessor:
             ValueError: when the folder holds no DICOM CT series.
         """
         start = time.perf_counter()
-        source = load_input(series_dir)
+        decoded = self._decoded.pop(series_dir, None)
+        source = load_input(series_dir, decoded=decoded)
         if source.kind is not InputKind.DICOM:
             raise ValueError(f"Job folder {series_dir} does not hold a DICOM series (found {source.kind.value}).")
         timings = {"read": time.perf_counter() - start}
+        if decoded:
+            logger.info(
+                "Read %s in %.2f s; %d of its files were decoded while it arrived",
+                series_dir, timings["read"], sum(1 for item in decoded.values() if item is not None),
+            )
+        del decoded  # the slices are in the volume now; free the copies before segmenting
         result = self.segmenter.segment(source)
         timings.update(result.timings)
 

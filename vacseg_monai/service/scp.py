@@ -91,6 +91,8 @@ class SeriesAssembler:
         series_timeout: seconds to wait after the last association of a series
             ended before completing it; 0 completes at once (default 0).
         min_free_mb: refuse instances below this free space (default 0).
+        on_open: called with the job id when the first instance of a new series job is stored
+            (default None).
     """
 
     def __init__(
@@ -100,9 +102,11 @@ class SeriesAssembler:
         *,
         series_timeout: float = 0.0,
         min_free_mb: float = 0.0,
+        on_open: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.on_complete = on_complete
+        self.on_open = on_open
         self.series_timeout = float(series_timeout)
         self.min_free_bytes = int(min_free_mb * 1024 * 1024)
         self._lock = threading.Lock()
@@ -136,11 +140,13 @@ class SeriesAssembler:
             OSError: if writing fails; the instance is then not recorded.
         """
         key = (study_uid, series_uid)
+        opened = None
         with self._lock:
             series = self._open.get(key)
             if series is None:
                 job = self.store.create(study_uid=study_uid, series_uid=series_uid, calling_aet=calling_aet)
                 series = self._open[key] = _OpenSeries(job.job_id)
+                opened = job.job_id
             if series.timer is not None:
                 series.timer.cancel()
                 series.timer = None
@@ -160,6 +166,8 @@ class SeriesAssembler:
             with self._lock:
                 series.sop_uids.discard(sop_uid)
             raise
+        if opened is not None and self.on_open is not None:
+            self.on_open(opened)
         return True
 
     def association_ended(self, association: int) -> None:
@@ -402,7 +410,8 @@ class DicomNode:
         self.store = JobStore(config.output_directory)
         self.worker = WorkerProcess(config)
         self.assembler = SeriesAssembler(
-            self.store, self.worker.submit, series_timeout=config.series_timeout, min_free_mb=config.min_free_mb
+            self.store, self.worker.submit, series_timeout=config.series_timeout, min_free_mb=config.min_free_mb,
+            on_open=self.worker.notify_receiving,
         )
         self._server = None
         self._stop = threading.Event()

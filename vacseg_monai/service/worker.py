@@ -10,6 +10,11 @@ reason recorded; the worker carries on with the next job.
 The disk is the queue: the worker is woken through a pipe but always takes the
 oldest pending job from :class:`~vacseg_monai.service.jobs.JobStore`, so jobs
 left ``queued``, ``inferring`` or ``exporting`` by a crash are resumed.
+
+The SCP also tells the worker when a series starts to arrive. While it waits,
+the worker hands such a series' folder to the processor's optional ``prefetch``
+hook, which reads and decodes the files already there, so that the job's own
+read, once the series is complete, mostly checks and assembles them.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+#: Message tag: the SCP started receiving a job (``(RECEIVING, job_id)`` on the worker's pipe).
+RECEIVING = "receiving"
+#: Seconds the worker waits for a message between looks at series that are still arriving.
+PREFETCH_POLL_S = 0.05
 
 
 class Processor(Protocol):
@@ -50,6 +59,11 @@ class Processor(Protocol):
     the job later (a QA picture) that need not delay the result. The worker calls it
     once the results are sent (or kept, without a destination), before the job is
     recorded as done; its failure is logged and does not fail the job.
+
+    It may also have ``prefetch(series_dir) -> int``: the worker calls it while it
+    waits, as long as the SCP is still receiving that series, so that work on the
+    files already there (reading, decoding) is done before the series is complete.
+    It returns how many files it handled (0: nothing new); a failure is logged.
     """
 
     def __call__(self, series_dir: Path, job_dir: Path) -> list[Path]: ...
@@ -299,6 +313,7 @@ def worker_main(config: NodeConfig, conn: multiprocessing.connection.Connection,
     logger.info("Worker ready with processor %s", config.processor)
     if ready is not None:
         ready.set()
+    receiving: list[str] = []  # jobs the SCP is still receiving, for `prefetch`
     while True:
         for job in store.in_states(*PENDING_STATES):
             try:
@@ -306,11 +321,39 @@ def worker_main(config: NodeConfig, conn: multiprocessing.connection.Connection,
             except Exception:
                 logger.exception("Unexpected error in job %s; it stays %s", job.job_id, job.state.value)
         try:
-            message = conn.recv()
+            message = _next_message(conn, store, processor, receiving)
         except (EOFError, OSError):
             return
         if message is None:
             return
+        if isinstance(message, tuple) and message[0] == RECEIVING and message[1] not in receiving:
+            receiving.append(message[1])
+
+
+def _next_message(conn: multiprocessing.connection.Connection, store: JobStore, processor: Processor,
+                  receiving: list[str]) -> object:
+    """Wait for the next message; meanwhile let the processor decode series that are still arriving.
+
+    Raises:
+        EOFError, OSError: when the pipe is closed.
+    """
+    prefetch = getattr(processor, "prefetch", None)
+    while prefetch is not None and receiving:
+        if conn.poll(0):
+            return conn.recv()
+        job_id = receiving[0]
+        try:
+            still_receiving = store.load(job_id).state is JobState.RECEIVED
+            decoded = prefetch(store.series_dir(job_id)) if still_receiving else 0
+        except Exception:  # noqa: BLE001 - decoding ahead is an optimisation; the job reads its files anyway
+            logger.exception("Decoding job %s ahead failed; it will be read when it is queued", job_id)
+            still_receiving, decoded = False, 0
+        if not still_receiving:
+            receiving.pop(0)
+        elif decoded == 0:
+            receiving.append(receiving.pop(0))  # nothing new there: look at the next series, then wait a little
+            conn.poll(PREFETCH_POLL_S)
+    return conn.recv()
 
 
 class WorkerProcess:
@@ -375,18 +418,29 @@ class WorkerProcess:
         """
         return self._ready.wait(timeout)
 
+    def notify_receiving(self, job_id: str) -> None:
+        """Tell the worker that the SCP has started receiving ``job_id`` (it may decode it ahead).
+
+        Args:
+            job_id: the job just created.
+        """
+        self._send((RECEIVING, job_id))
+
+    def _send(self, message: object) -> None:
+        with self._lock:
+            try:
+                if self._conn is not None:
+                    self._conn.send(message)
+            except OSError:
+                logger.warning("Worker not reachable; %s stays on disk", message)
+
     def submit(self, job_id: str) -> None:
         """Wake the worker: ``job_id`` is queued on disk.
 
         Args:
             job_id: the job just queued (informational; the worker reads the disk).
         """
-        with self._lock:
-            try:
-                if self._conn is not None:
-                    self._conn.send(job_id)
-            except OSError:
-                logger.warning("Worker not reachable; job %s stays queued on disk", job_id)
+        self._send(job_id)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the worker to stop after its current job; terminate it after ``timeout``.
