@@ -363,7 +363,12 @@ def test_clean_up_on_the_bounding_box_equals_the_whole_grid():
     """Cropping to each label's box is only a speed-up: every operation gives what it gives on the whole grid."""
     from scipy import ndimage as ndi
 
-    from vacseg_monai.inference import _drop_small_components, _fill_holes_per_slice, _largest_component, _within_box
+    from vacseg_monai.inference import (
+        _drop_small_components,
+        _fill_holes_per_slice,
+        _largest_component,
+        _relabel_in_box,
+    )
 
     rng = np.random.default_rng(7)
     mask = ndi.binary_opening(rng.random((48, 40, 9)) > 0.55, iterations=1)
@@ -379,9 +384,14 @@ def test_clean_up_on_the_bounding_box_equals_the_whole_grid():
         "drop small": lambda m: _drop_small_components(m, 5),
     }
     for name, operation in operations.items():
-        np.testing.assert_array_equal(_within_box(operation, mask), operation(mask), err_msg=name)
+        labels = mask.astype(np.uint8) * BODY
+        removed, added = _relabel_in_box(labels, BODY, operation)
+        whole = operation(mask)
+        np.testing.assert_array_equal(labels == BODY, whole, err_msg=name)
+        assert (removed, added) == (np.count_nonzero(mask & ~whole), np.count_nonzero(whole & ~mask)), name
     assert _fill_holes_per_slice(mask)[23:27, 14:20, 3].all()  # the case above really has a hole to fill
     np.testing.assert_array_equal(
         np.moveaxis(_fill_holes_per_slice(np.moveaxis(mask, 2, 0), slice_axis=0), 0, 2), _fill_holes_per_slice(mask)
     )
-    assert not _within_box(_largest_component, np.zeros((4, 4, 2), dtype=bool)).any()
+    empty = np.zeros((4, 4, 2), dtype=np.uint8)
+    assert _relabel_in_box(empty, BODY, _largest_component) == (0, 0) and not empty.any()

@@ -457,23 +457,6 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def _within_box(operation, mask: np.ndarray) -> np.ndarray:
-    """Apply a mask -> mask ``operation`` to the bounding box of ``mask`` only.
-
-    Labelling costs time in proportion to the volume it scans; the couch, the bag
-    and the body each fill a fraction of the grid. The operations used here give the
-    same result on the box as on the whole grid: components are unchanged by
-    cropping, and background on the box's border is background connected to the
-    outside of the slice, which is what the hole filling tests.
-    """
-    if not mask.any():
-        return mask
-    box = _bounding_box(mask)
-    out = np.zeros_like(mask)
-    out[box] = operation(mask[box])
-    return out
-
-
 def _largest_component(mask: np.ndarray) -> np.ndarray:
     components, count = ndimage.label(mask, structure=_CONNECTIVITY_3D)
     if count <= 1:
@@ -574,8 +557,13 @@ def _relabel_in_box(out: np.ndarray, value: int, operation) -> tuple[int, int]:
     """Replace label ``value`` in ``out`` (in place) by ``operation(mask)``, working on the mask's bounding box.
 
     Voxels the operation drops become background; voxels it adds (filled holes) take
-    ``value``. Working on the box (see :func:`_within_box`) keeps the temporaries small.
-    Returns the numbers of voxels removed and added.
+    ``value``. Returns the numbers of voxels removed and added.
+
+    Labelling costs time in proportion to the volume it scans, and the couch, the bag
+    and the body each fill a fraction of the grid; the box also keeps the temporaries
+    small. The operations used here give the same result on the box as on the whole
+    grid: components are unchanged by cropping, and background on the box's border is
+    background connected to the outside of the slice, which is what the hole filling tests.
     """
     mask = out == value
     if not mask.any():

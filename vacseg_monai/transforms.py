@@ -173,8 +173,7 @@ class ClipIntensityd(MapTransform):
 
     def __init__(self, keys: KeysCollection, a_min: float, a_max: float, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        if not a_min < a_max:
-            raise ValueError(f"`a_min` must be below `a_max`, got a_min={a_min}, a_max={a_max}.")
+        _check_below("a_min", a_min, "a_max", a_max)
         self.a_min, self.a_max = float(a_min), float(a_max)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -185,11 +184,14 @@ class ClipIntensityd(MapTransform):
         return d
 
 
+def _check_below(low_name: str, low: float, high_name: str, high: float) -> None:
+    if not low < high:
+        raise ValueError(f"`{low_name}` must be below `{high_name}`, got {low_name}={low}, {high_name}={high}.")
+
+
 def _check_window(a_min: float, a_max: float, b_min: float, b_max: float) -> None:
-    if not a_min < a_max:
-        raise ValueError(f"`a_min` must be below `a_max`, got a_min={a_min}, a_max={a_max}.")
-    if not b_min < b_max:
-        raise ValueError(f"`b_min` must be below `b_max`, got b_min={b_min}, b_max={b_max}.")
+    _check_below("a_min", a_min, "a_max", a_max)
+    _check_below("b_min", b_min, "b_max", b_max)
 
 
 def _deterministic(

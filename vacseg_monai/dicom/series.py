@@ -48,12 +48,12 @@ from vacseg_monai.dicom.geometry import (
 if TYPE_CHECKING:
     from monai.data import MetaTensor
 
-__all__ = ["CTSeries", "DecodedSlice", "DicomSeriesError", "SeriesSummary", "decode_slice", "list_series", "read_series"]
+__all__ = ["DEFER_SIZE", "CTSeries", "DecodedSlice", "DicomSeriesError", "SeriesSummary", "decode_slice", "list_series", "read_series"]
 
 logger = logging.getLogger(__name__)
 
-# Values longer than this (bytes) are read from the file only when used: the pixel data.
-_DEFER_BYTES = 8192
+#: Values longer than this (bytes) are read from the file only when used: the pixel data.
+DEFER_SIZE = 8192
 # Two slices closer than this along the normal occupy the same position (mm).
 _DUPLICATE_TOLERANCE_MM = 1e-2
 # Tolerance on direction cosines when comparing orientations between slices.
@@ -148,17 +148,17 @@ def _looks_like_raw_dataset(path: Path) -> bool:
 def _read(path: Path) -> Dataset | None:
     """Read one file, its pixel data deferred; ``None`` for non-DICOM files, UnreadableFileError for broken DICOM.
 
-    Values over :data:`_DEFER_BYTES` (the pixel data) are read from the file when first used, so
+    Values over :data:`DEFER_SIZE` (the pixel data) are read from the file when first used, so
     that one parse serves both the scan of the headers and the decoding of the slices.
     """
     try:
-        ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
+        ds = pydicom.dcmread(path, defer_size=DEFER_SIZE)
     except InvalidDicomError:
         if not _looks_like_raw_dataset(path):
             logger.debug("Skipping non-DICOM file %s", path)
             return None
         try:
-            ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES, force=True)
+            ds = pydicom.dcmread(path, defer_size=DEFER_SIZE, force=True)
         except Exception as exc:  # noqa: BLE001 - any parse failure of a DICOM-looking file
             raise UnreadableFileError(f"Cannot read DICOM file {path} (no preamble): {exc}") from exc
         if "SOPClassUID" not in ds:
@@ -530,7 +530,7 @@ def read_series(
     headers = []
     for k, (path, ds) in enumerate(items):
         ready = decoded.get(path) if decoded else None
-        if ready is not None and ready.header is ds and ready.hu.shape == (rows, cols):
+        if ready is not None:  # its header is `ds` (see _scan), checked with the others above
             array[:, :, k] = ready.hu
             headers.append(ds)
         else:

@@ -34,6 +34,7 @@ from pydicom import dcmread
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 
+from vacseg_monai.dicom.series import DEFER_SIZE
 from vacseg_monai.service.config import NodeConfig
 from vacseg_monai.service.jobs import JobState, JobStore, move_atomic, write_atomic
 from vacseg_monai.service.uids import InvalidUIDError, sanitize_uid
@@ -53,8 +54,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-#: Values longer than this (bytes) stay in the received file when its header is parsed: the pixel data.
-_DEFER_BYTES = 8192
 #: Folder of the store where pynetdicom writes instances as they arrive (same file system: moved by rename).
 INCOMING_DIR = "incoming"
 
@@ -304,7 +303,7 @@ def handle_store(event: evt.Event, assembler: SeriesAssembler) -> int:
     # in a file, preceded by file meta; only its header is parsed here, the pixel data stay on disk.
     received = event.dataset_path
     try:
-        ds = dcmread(received, defer_size=_DEFER_BYTES) if received is not None else event.dataset
+        ds = dcmread(received, defer_size=DEFER_SIZE) if received is not None else event.dataset
         raw = {name: ds.get(name) for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
     except Exception:
         logger.exception("Cannot decode the data set sent by %s", peer)
