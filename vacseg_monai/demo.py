@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,9 @@ from vacseg_monai.labels import LABELS
 __all__ = ["DemoResult", "dice", "run_demo"]
 
 logger = logging.getLogger(__name__)
+
+#: The demo's own folders under its output directory, replaced on each run.
+DEMO_FOLDERS = ("input", "node", "received")
 
 
 @dataclass
@@ -74,6 +78,8 @@ def run_demo(
 
     Args:
         output_dir: folder for the input series, the node's jobs and the received results (created).
+            Its ``input``, ``node`` and ``received`` folders belong to the demo and are replaced on each
+            run, so that a rerun finds one series, one job and one result.
         seed: phantom seed (default 1000, outside the training seeds 0..9).
         bundle: bundle folder (default: the repository's).
         timeout: seconds to wait for the result (default 600).
@@ -100,6 +106,8 @@ def run_demo(
     if not (bundle / "models" / "model.pt").is_file():
         raise FileNotFoundError(f"The bundle {bundle} has no models/model.pt: train it first (see README).")
 
+    for previous in DEMO_FOLDERS:
+        shutil.rmtree(output_dir / previous, ignore_errors=True)
     phantom = generate_phantom(seed, size=size)
     written = write_phantom_dicom(phantom, output_dir / "input")
     logger.info("Wrote phantom %s as %d CT images to %s", phantom.patient_id, len(written.ct_files), written.ct_dir)
