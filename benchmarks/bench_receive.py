@@ -59,18 +59,19 @@ def per_instance_costs(files: list[Path], folder: Path) -> dict[str, float]:
 
     ``decode``: pydicom parse of the whole received file and its UIDs; ``decode_header``: the same with
     ``stop_before_pixels``; ``encode``: re-encoding the parsed data set as a file; ``write``: writing the bytes;
-    ``write_fsync``: the node's durable write (:func:`~vacseg_monai.service.jobs.write_atomic`: file fsync,
-    rename, directory fsync).
+    ``write_fsync``: a durable write of the bytes (:func:`~vacseg_monai.service.jobs.write_atomic`: write, file
+    fsync, rename, directory fsync); ``durable``: what the node adds to a file already written, as the
+    received one is (fsync of the file, rename into the job, fsync of the job's folder).
     """
     import io
 
     from pydicom import dcmread
     from pydicom.filewriter import dcmwrite
 
-    from vacseg_monai.service.jobs import write_atomic
+    from vacseg_monai.service.jobs import fsync_file, move_atomic, write_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
-    costs: dict[str, list[float]] = {"decode": [], "decode_header": [], "encode": [], "write": [], "write_fsync": []}
+    costs: dict[str, list[float]] = {"decode": [], "decode_header": [], "encode": [], "write": [], "write_fsync": [], "durable": []}
     for i, path in enumerate(files):
         raw = path.read_bytes()
         start = time.perf_counter()
@@ -89,8 +90,14 @@ def per_instance_costs(files: list[Path], folder: Path) -> dict[str, float]:
         (folder / f"plain_{i}.dcm").write_bytes(raw)
         costs["write"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        write_atomic(folder / f"durable_{i}.dcm", raw)
+        write_atomic(folder / f"atomic_{i}.dcm", raw)
         costs["write_fsync"].append(time.perf_counter() - start)
+        received = folder / f"received_{i}.dcm"
+        received.write_bytes(raw)
+        start = time.perf_counter()
+        fsync_file(received)
+        move_atomic(received, folder / f"durable_{i}.dcm", synced=True)
+        costs["durable"].append(time.perf_counter() - start)
     return {k: round(statistics.median(v) * 1000, 3) for k, v in costs.items()}
 
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -325,6 +326,26 @@ def test_a_large_instance_is_received_into_a_file_and_stored_byte_for_byte(tmp_p
         stored = node.store.series_dir(job.job_id) / f"{dcmread(sent, stop_before_pixels=True).SOPInstanceUID}.dcm"
         assert _data_set_bytes(stored) == _data_set_bytes(sent)
         assert list((node.store.root / INCOMING_DIR).iterdir()) == []  # nothing left behind
+        assert any(t.name.startswith("store-header") for t in threading.enumerate())
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("store-header")]  # stopped with the node
+
+
+def test_header_is_read_beside_the_fsync_without_the_pixel_data(tmp_path):
+    """The assembler's helper parses a received file's header, pixel data left on disk (length known)."""
+    from vacseg_monai.dicom.synthetic import write_ct_series
+    from vacseg_monai.service.scp import SeriesAssembler
+
+    sent = write_ct_series(np.full((128, 128, 1), 40, np.int16), tmp_path / "ct", pixel_spacing=(1.0, 1.0),
+                           slice_thickness=2.0)[0]
+    assembler = SeriesAssembler(JobStore(tmp_path / "node"), lambda job_id: None)
+    try:
+        header = assembler.read_header_beside(sent).result(timeout=10)
+    finally:
+        assembler.close()
+    full = dcmread(sent)
+    assert header.SeriesInstanceUID == full.SeriesInstanceUID and header.SOPInstanceUID == full.SOPInstanceUID
+    element = header.get_item("PixelData", keep_deferred=True)
+    assert element.value is None and element.length == len(full.PixelData) == full.Rows * full.Columns * 2
 
 
 def _data_set_bytes(path: Path) -> bytes:

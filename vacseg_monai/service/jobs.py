@@ -42,6 +42,7 @@ __all__ = [
     "JobStore",
     "PENDING_STATES",
     "format_status",
+    "fsync_file",
     "move_atomic",
     "write_atomic",
 ]
@@ -153,15 +154,27 @@ def _replace_via_temporary(path: Path, fill: Callable[[Path], object]) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         fill(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def move_atomic(source: Path, path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """fsync the file ``path`` (its data as written so far by any writer, and its size).
+
+    Args:
+        path: the file.
+
+    Raises:
+        OSError: if it cannot be opened or synced.
+    """
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def move_atomic(source: Path, path: Path, *, synced: bool = False) -> None:
     """Move the complete file ``source`` to ``path`` durably: fsync it, rename it, fsync the directory.
 
     On another file system (no rename possible) the file is copied with :func:`shutil.copyfile`
@@ -170,12 +183,14 @@ def move_atomic(source: Path, path: Path) -> None:
     Args:
         source: the file, fully written (flushed) by its writer.
         path: destination; its directory must exist.
+        synced: True if the caller already ran :func:`fsync_file` on the complete ``source``
+            (the rename and the directory are still synced here).
 
     Raises:
         OSError: if syncing, renaming or copying fails.
     """
-    with open(source, "rb") as handle:
-        os.fsync(handle.fileno())
+    if not synced:
+        fsync_file(source)
     try:
         os.replace(source, path)
     except OSError as exc:

@@ -26,17 +26,18 @@ import signal
 import ssl
 import tempfile
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 
 from vacseg_monai.dicom.series import DEFER_SIZE
 from vacseg_monai.service.config import NodeConfig
-from vacseg_monai.service.jobs import JobState, JobStore, move_atomic, write_atomic
+from vacseg_monai.service.jobs import JobState, JobStore, fsync_file, move_atomic, write_atomic
 from vacseg_monai.service.uids import InvalidUIDError, sanitize_uid
 from vacseg_monai.service.worker import WorkerProcess
 
@@ -59,6 +60,10 @@ INCOMING_DIR = "incoming"
 
 #: Seconds `run_node` waits for the worker to load the bundle before it logs an error (it keeps running).
 WORKER_READY_TIMEOUT_S = 120
+
+#: Helper threads that parse received headers while the handlers fsync the files (one per concurrent
+#: association is enough; more associations wait their turn).
+HEADER_THREADS = 4
 
 
 class StoreStatus(enum.IntEnum):
@@ -112,13 +117,34 @@ class SeriesAssembler:
         self._open: dict[tuple[str, str], _OpenSeries] = {}
         self._by_association: dict[int, set[tuple[str, str]]] = {}
         self._closed = False
+        self._helpers: ThreadPoolExecutor | None = None
+
+    def read_header_beside(self, path: Path) -> Future:
+        """Start parsing the header of the received file ``path`` on a helper thread; returns the future.
+
+        The handler fsyncs the file meanwhile: :func:`os.fsync` releases the GIL, so the parse and the
+        disk flush overlap instead of adding up before the acknowledgement. The helper threads start on
+        first use and stop in :meth:`close`.
+        """
+        with self._lock:
+            if self._helpers is None:
+                self._helpers = ThreadPoolExecutor(max_workers=HEADER_THREADS, thread_name_prefix="store-header")
+            return self._helpers.submit(dcmread, path, defer_size=DEFER_SIZE)
 
     def free_space_ok(self) -> bool:
         """True if the output directory's file system has more than the floor free."""
         return shutil.disk_usage(self.store.root).free >= self.min_free_bytes
 
     def store_instance(
-        self, association: int, calling_aet: str, study_uid: str, series_uid: str, sop_uid: str, data: bytes | Path
+        self,
+        association: int,
+        calling_aet: str,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        data: bytes | Path,
+        *,
+        synced: bool = False,
     ) -> bool:
         """Write one instance durably into its series job.
 
@@ -130,6 +156,8 @@ class SeriesAssembler:
             sop_uid: sanitised SOPInstanceUID, the file name.
             data: the encoded instance with preamble and file meta, as bytes or as a complete file,
                 which is moved into the job (renamed when on the same file system).
+            synced: True if the file ``data`` is already fsync'ed (:func:`~vacseg_monai.service.jobs.fsync_file`);
+                its rename into the job is still synced here.
 
         Returns:
             True if written, False if it was a duplicate of an instance already
@@ -158,7 +186,7 @@ class SeriesAssembler:
         try:
             target = self.store.series_dir(job_id) / f"{sop_uid}.dcm"
             if isinstance(data, Path):
-                move_atomic(data, target)
+                move_atomic(data, target, synced=synced)
             else:
                 write_atomic(target, data)
         except BaseException:
@@ -250,6 +278,9 @@ class SeriesAssembler:
             for series in self._open.values():
                 if series.timer is not None:
                     series.timer.cancel()
+            helpers, self._helpers = self._helpers, None
+        if helpers is not None:
+            helpers.shutdown(wait=True)
 
 
 def _pixel_data_problem(ds, transfer_syntax) -> str | None:
@@ -300,10 +331,37 @@ def handle_store(event: evt.Event, assembler: SeriesAssembler) -> int:
         logger.exception("Cannot check free space on %s", assembler.store.root)
         return StoreStatus.OUT_OF_RESOURCES
     # With pynetdicom's STORE_RECV_CHUNKED_DATASET (as DicomNode runs it) the received bytes are already
-    # in a file, preceded by file meta; only its header is parsed here, the pixel data stay on disk.
+    # in a file, preceded by file meta. Its header (pixel data left on disk) is parsed on a helper thread
+    # while this one fsyncs the file.
     received = event.dataset_path
+    if received is None:
+        return _check_and_store(event, assembler, peer, lambda: event.dataset, None, None)
+    header = assembler.read_header_beside(Path(received))
     try:
-        ds = dcmread(received, defer_size=DEFER_SIZE) if received is not None else event.dataset
+        fsync_file(Path(received))
+    except OSError as exc:
+        sync_error = exc
+    else:
+        sync_error = None
+    return _check_and_store(event, assembler, peer, header.result, Path(received), sync_error)
+
+
+def _check_and_store(
+    event: evt.Event,
+    assembler: SeriesAssembler,
+    peer: str,
+    load: Callable[[], Dataset],
+    received: Path | None,
+    sync_error: OSError | None,
+) -> int:
+    """The checks and the durable store of :func:`handle_store`; returns its status.
+
+    ``load`` gives the data set (its header at least); ``received`` is the file holding it, already
+    fsync'ed unless ``sync_error`` says why not, or None when the data set was received into memory.
+    """
+    assoc = event.assoc
+    try:
+        ds = load()
         raw = {name: ds.get(name) for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
     except Exception:
         logger.exception("Cannot decode the data set sent by %s", peer)
@@ -326,10 +384,12 @@ def handle_store(event: evt.Event, assembler: SeriesAssembler) -> int:
         logger.error("Refusing instance %s from %s: %s", uids["SOPInstanceUID"], peer, problem)
         return StoreStatus.CANNOT_UNDERSTAND
     try:
-        data = Path(received) if received is not None else event.encoded_dataset(include_meta=True)
+        if sync_error is not None:
+            raise sync_error
+        data = received if received is not None else event.encoded_dataset(include_meta=True)
         written = assembler.store_instance(
             id(assoc), assoc.requestor.ae_title, uids["StudyInstanceUID"], uids["SeriesInstanceUID"],
-            uids["SOPInstanceUID"], data,
+            uids["SOPInstanceUID"], data, synced=received is not None,
         )
     except OSError:
         logger.exception("Cannot write instance %s from %s", uids["SOPInstanceUID"], peer)
