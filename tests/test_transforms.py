@@ -89,6 +89,7 @@ def test_cache_dataset_batches(items):
     dataset = CacheDataset(items, transform=train_transforms(spatial_size=16), cache_rate=1.0, progress=False)
     batch = next(iter(DataLoader(dataset, batch_size=2, num_workers=0)))
     assert batch["image"].shape == (2, 1, 16, 16) and batch["label"].shape == (2, 1, 16, 16)
+    assert type(batch["image"]) is torch.Tensor and type(batch["label"]) is torch.Tensor  # no MetaTensor dispatch
     assert list(batch["patient"]) == ["a", "a"]
 
 

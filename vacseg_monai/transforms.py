@@ -271,6 +271,9 @@ def train_transforms(
 ) -> Compose:
     """:func:`val_transforms` followed by augmentation (all random steps come last so CacheDataset caches the rest).
 
+    The output images and labels are plain :class:`torch.Tensor` (no metadata): nothing in a training step
+    reads it, and MetaTensor makes every operation of the step slower.
+
     Augmentation: left-right flip only (never up-down: the couch is always at
     the bottom), a small affine (rotation, isotropic-ish scale, translation;
     image bilinear, label nearest, zero padding = air after windowing when
@@ -317,6 +320,9 @@ def train_transforms(
         RandShiftIntensityd(keys=image_key, offsets=intensity_shift, prob=intensity_prob),
         RandScaleIntensityd(keys=image_key, factors=intensity_scale, prob=intensity_prob),
         RandGaussianNoised(keys=image_key, prob=noise_prob, mean=0.0, std=noise_std),
+        # Plain tensors for the training step: MetaTensor's per-operation dispatch through the network,
+        # the loss and the backward pass costs about 5 % of a CPU step (benchmarks/bench_training.py).
+        EnsureTyped(keys=keys, track_meta=False),
     ]
     return Compose(chain)
 
