@@ -27,6 +27,8 @@ __all__ = ["BENCHMARKS", "main", "render_charts", "render_report", "run_benchmar
 logger = logging.getLogger(__name__)
 
 DOCS = REPO_ROOT / "docs"
+#: GPU figures, recorded on a CUDA machine by ``benchmarks/bench_gpu.py`` (kept in the repository; not rerun here).
+GPU_RESULT = DOCS / "gpu.json"
 
 # name -> (module, full arguments, quick arguments); run in this order (lightest on shared state first).
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
@@ -444,6 +446,8 @@ def render_report(data: dict[str, dict[str, Any]], machine: dict[str, Any], comm
                     f"received into a file, not held in memory) |"]
         out += [""]
 
+    out += _gpu_section(data.get("gpu"))
+
     if "rtstruct" in data:
         rt = data["rtstruct"]
         out += ["## RTSTRUCT writer (bench_rtstruct.py)", "",
@@ -457,9 +461,51 @@ def render_report(data: dict[str, dict[str, Any]], machine: dict[str, Any], comm
     out += ["", "## Reproduce", "", "```", "make bench                         # = .venv/bin/python -m benchmarks.run_all",
             ".venv/bin/python -m benchmarks.run_all --quick   # smoke run", "```", ""]
     for name, r in data.items():
-        out.append(f"- `{r.get('command', name)}` ({r.get('wall_s', '?')} s)")
+        where = "; on a CUDA machine, not part of make bench" if name == "gpu" else ""
+        out.append(f"- `{r.get('command', name)}` ({r.get('wall_s', '?')} s{where})")
     out.append("")
     return "\n".join(out)
+
+
+def _gpu_section(gpu: dict[str, Any] | None) -> list[str]:
+    """Section 6 from ``docs/gpu.json`` (written on a CUDA machine by bench_gpu; make bench does not run it)."""
+    out = ["## 6. GPU", ""]
+    if gpu is None:
+        return out + ["Not measured yet: this needs a CUDA GPU, which the machine running `make bench` lacks. On one, "
+                      f"`python -m benchmarks.bench_gpu --out {GPU_RESULT.relative_to(REPO_ROOT)}`, then "
+                      "`python -m benchmarks.run_all --report-only`.", ""]
+    dev = gpu["device"]
+    name = dev.get("gpu_name", dev["device"])
+    peak = gpu["peak_tflops"]
+    out += [f"Measured on **{name}**" + (f" ({dev['gpu_memory_gib']} GiB, CUDA {dev['cuda']})" if "cuda" in dev else "")
+            + f", torch {dev['torch']}, MONAI {dev['monai']}, {dev['date']}"
+            + (" (**smoke run**: its figures mean nothing)" if gpu.get("quick") else "")
+            + f"; command `{gpu.get('command', 'python -m benchmarks.bench_gpu')}`. Not rerun by `make bench`.", "",
+            "Training steps of the bundle's network, loss and Adam on phantom batches already on the GPU "
+            "(FLOPs per step counted by `torch.utils.flop_counter`). Peak: data sheet, dense bf16 "
+            f"{peak['data_sheet_dense_bf16'] or 'unknown'} TFLOP/s; a bf16 matrix product here "
+            f"{peak['measured_bf16_matmul'] or 'not measured'} TFLOP/s.", "",
+            "| batch | precision | slices/s | TFLOP/s | share of data-sheet peak | share of measured matmul |",
+            "|---|---|---|---|---|---|"]
+    for r in gpu["training"]["rows"]:
+        def share(x: float | None) -> str:
+            return f"{100 * x:.1f} %" if x is not None else "-"
+
+        out.append(f"| {r['batch_size']} | {r['precision']} | {r['slices_per_s']:.1f} | {r['achieved_tflops']:.2f} | "
+                   f"{share(r['share_of_sheet_peak'])} | {share(r['share_of_matmul_peak'])} |")
+    pipe = gpu["training_pipeline"]
+    inf = gpu["inference"]
+    stages = inf["stages_s"]
+    net = inf["network_only_s"]
+    out += ["", f"With the bundle's data pipeline (`train#dataloader`, {pipe['num_workers']} workers, batch "
+            f"{pipe['batch_size']}, {pipe['precision']}): **{pipe['slices_per_s']:.1f} slices/s**.", "",
+            f"Inference on a {inf['series']['slices']}-slice {inf['series']['rows']} x {inf['series']['cols']} phantom "
+            f"series (median of {inf['repeats']} after a warm-up): **{stages['total']['median']:.2f} s** from the "
+            "files to the RTSTRUCT written (" + ", ".join(f"{k} {v['median']:.3f} s" for k, v in stages.items()
+                                                            if k != "total") + ").",
+            f"The network alone: fp32 {net['fp32']['median']:.3f} s, bf16 autocast {net['bf16']['median']:.3f} s "
+            f"({100 * inf['bf16_label_mismatch_fraction']:.3f} % of voxels labelled differently).", ""]
+    return out
 
 
 def main(args: list[str] | None = None) -> int:
@@ -483,6 +529,8 @@ def main(args: list[str] | None = None) -> int:
                 logger.error("%s failed: %s", name, exc)
                 failures.append(name)
     data = _load(opts.results)
+    if GPU_RESULT.is_file():
+        data["gpu"] = json.loads(GPU_RESULT.read_text())
     if not data:
         logger.error("No results in %s", opts.results)
         return 1

@@ -70,3 +70,34 @@ def test_report_met_target_lists_no_receive_idea():
     report = render_report({"receive": _receive(118.0, 120.0)}, MACHINE, "cmd")
     assert "**met** (0.98 x vs target 0.9 x)" in report
     assert "All targets met in this run." in report
+
+
+def test_gpu_peak_table_picks_the_variant_named():
+    from benchmarks.bench_gpu import peak_tflops
+
+    assert peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert peak_tflops("NVIDIA H200") == 989.4
+    assert peak_tflops("Some New Accelerator") is None
+
+
+def test_gpu_benchmark_smoke_run_on_cpu_and_its_report_section(tmp_path):
+    """The GPU script runs end to end (here on the CPU, small); FLOPs scale with the batch, the rates follow from
+    the timings, and the report shows the section; without a recorded run it says how to make one."""
+    from benchmarks.bench_gpu import main as bench_gpu
+
+    result = bench_gpu(["--device", "cpu", "--quick", "--steps", "2", "--big-batch", "10", "--repeats", "1",
+                        "--out", str(tmp_path / "gpu.json")])
+    rows = {(r["batch_size"], r["precision"]): r for r in result["training"]["rows"]}
+    assert set(rows) == {(5, "fp32"), (5, "bf16"), (10, "fp32"), (10, "bf16")}  # no fp16 on the CPU
+    assert rows[(10, "fp32")]["flops_per_step"] == 2 * rows[(5, "fp32")]["flops_per_step"] > 1e9
+    for r in rows.values():
+        assert abs(r["slices_per_s"] - r["batch_size"] * r["steps"] / r["seconds"]) < 0.1
+    stages = result["inference"]["stages_s"]
+    parts = sum(stages[k]["median"] for k in stages if k != "total")
+    assert abs(stages["total"]["median"] - parts) < 1e-3
+    assert 0 <= result["inference"]["bf16_label_mismatch_fraction"] < 0.05
+    report = render_report({"gpu": result}, MACHINE, "python -m benchmarks.run_all")
+    assert "## 6. GPU" in report and "smoke run" in report
+    assert f"| 10 | bf16 | {rows[(10, 'bf16')]['slices_per_s']:.1f} |" in report
+    assert "Not measured yet" in render_report({}, MACHINE, "python -m benchmarks.run_all")
