@@ -10,7 +10,9 @@ times each:
 - ``threads=1``: the same with ``torch.set_num_threads(1)``;
 - ``sw_batch=4`` / ``sw_batch=64``: other SliceInferer batch sizes;
 - ``contiguous (direct, 16)`` / ``channels_last (direct, 16)``: the UNet called on stacked slices in
-  batches of 16 without SliceInferer, weights (and input) in either memory format.
+  batches of 16 without SliceInferer, weights (and input) in either memory format;
+- ``amp bf16``: the bundle's inferer with ``amp`` set (bf16 autocast, on the CPU too); fast only where
+  the processor computes bf16 natively (``cpu_bf16`` records whether its flags say AVX512-BF16 or AMX).
 
 Outputs of every variant are checked against ``bundle`` (same argmax on >= 99.9 % of pixels).
 
@@ -32,12 +34,20 @@ __all__ = ["main", "run"]
 logger = logging.getLogger(__name__)
 
 
+def _cpu_has_bf16() -> bool:
+    """True if /proc/cpuinfo lists AVX512-BF16 or AMX-BF16 (native bf16 arithmetic on the CPU)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def run(repeats: int = 5, slices: int = 100, size: int = 512) -> dict[str, Any]:
     """Measure; see the module docstring."""
     import torch
-    from monai.inferers import SliceInferer
 
-    from vacseg_monai.inference import load_input
+    from vacseg_monai.inference import AutocastSliceInferer, load_input
     from vacseg_monai.segmenter import BundleSegmenter
 
     files = phantom_series(slices, size=size)
@@ -47,8 +57,9 @@ def run(repeats: int = 5, slices: int = 100, size: int = 512) -> dict[str, Any]:
     roi = seg.inferer.roi_size
     threads = torch.get_num_threads()
 
-    def inferer(batch: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        sliced = SliceInferer(roi_size=roi, spatial_dim=2, sw_batch_size=batch, overlap=0.0, progress=False)
+    def inferer(batch: int, amp: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+        sliced = AutocastSliceInferer(roi_size=roi, spatial_dim=2, sw_batch_size=batch, overlap=0.0, progress=False,
+                                      amp=amp)
         return lambda x: sliced(x, network)
 
     def direct(x: torch.Tensor) -> torch.Tensor:
@@ -74,6 +85,7 @@ def run(repeats: int = 5, slices: int = 100, size: int = 512) -> dict[str, Any]:
         "sw_batch=64": (inferer(64), threads, None),
         "contiguous (direct, 16)": (direct, threads, contiguous),
         "channels_last (direct, 16)": (channels_last, threads, cl),
+        "amp bf16": (inferer(seg.inferer.sw_batch_size, amp=True), threads, None),
     }
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     agreement: dict[str, float] = {}
@@ -103,6 +115,7 @@ def run(repeats: int = 5, slices: int = 100, size: int = 512) -> dict[str, Any]:
         "baseline": "bundle",
         "default_threads": threads,
         "bundle_memory_format": "channels_last" if bundle_format is torch.channels_last else "contiguous",
+        "cpu_bf16": _cpu_has_bf16(),
         "variants": {n: {"seconds": stats(v), "argmax_agreement": agreement[n],
                          "ratio": round(stats(v)["median"] / stats(seconds["bundle"])["median"], 3)}
                      for n, v in seconds.items()},

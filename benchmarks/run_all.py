@@ -295,9 +295,18 @@ def render_report(data: dict[str, dict[str, Any]], machine: dict[str, Any], comm
                 f"{net['repeats']} times in one process (ratio = variant / `{net['baseline']}`; the bundle's network is "
                 f"{net.get('bundle_memory_format', 'contiguous')}).", "",
                 "![network variants](bench_network.png)", "",
-                "| variant | seconds (median) | ratio |", "|---|---|---|"]
+                "| variant | seconds (median) | ratio | argmax agreement with `bundle` |", "|---|---|---|---|"]
         for name, v in net["variants"].items():
-            out.append(f"| {name} | {v['seconds']['median']:.3f} | {v['seconds']['median'] / base:.2f} |")
+            out.append(f"| {name} | {v['seconds']['median']:.3f} | {v['seconds']['median'] / base:.2f} | "
+                       f"{100 * v['argmax_agreement']:.4f} % |")
+        if "amp bf16" in net["variants"]:
+            amp = net["variants"]["amp bf16"]
+            out += ["", f"`amp bf16` is the bundle's opt-in `amp` setting (bf16 autocast): "
+                    f"{amp['seconds']['median'] / base:.2f} x the float32 time here (this processor "
+                    f"{'computes' if net.get('cpu_bf16') else 'does not compute'} bf16 natively), "
+                    f"{100 * (1 - amp['argmax_agreement']):.4f} % of the 256 x 256 labels differ. It stays off by "
+                    "default so that a series gives the same contours on any machine; the bundle's README gives "
+                    "the held-out Dice with it."]
         best = min(net["variants"], key=lambda n: net["variants"][n]["seconds"]["median"])
         out.append("")
         if best != net["baseline"]:

@@ -4,7 +4,8 @@ The workflow is a ``SupervisedEvaluator`` over one input volume::
 
     load_input(path)            DICOM series folder, NIfTI file or npy patient folder
       -> inference_transforms   HU window to [0, 1], in-plane resize to spatial_size (area)
-      -> SliceInferer           the 2D network over the slice axis, sw_batch_size slices a batch
+      -> AutocastSliceInferer   the 2D network over the slice axis, sw_batch_size slices a batch
+                                (MONAI's SliceInferer; optionally under bf16/fp16 autocast, ``amp``)
       -> ResampleArgmaxd        logits resized back to the CT grid (bilinear), argmax
       -> CleanUpLabelsd         connected-component clean-up per label
       -> SaveInferenceOutputsd  NIfTI label map (+ npy masks, RTSTRUCT, DICOM-SEG)
@@ -43,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.inferers import SliceInferer
 from monai.transforms import MapTransform
 from scipy import ndimage
 
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MIN_VACBAG_VOLUME_MM3",
+    "AutocastSliceInferer",
     "CleanUpLabelsd",
     "InferenceInput",
     "InferenceInputError",
@@ -396,6 +399,43 @@ def resample_argmax(
             labels[s, i, j] = values.max(dim=0).indices.to(torch.uint8)
         out[start:stop] = labels
     return out.permute(1, 2, 0)[None]
+
+
+_AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class AutocastSliceInferer(SliceInferer):
+    """MONAI's :class:`~monai.inferers.SliceInferer`, optionally running the network under autocast.
+
+    With ``amp`` the network runs in ``amp_dtype`` (bf16 by default) on the device of the input, CPU
+    included, where MONAI's evaluator only autocasts on CUDA; the logits come back as float32. It is
+    faster where the hardware computes bf16 natively (CUDA GPUs; CPUs with AVX512-BF16 or AMX) and
+    changes a very small share of the labels (see docs/benchmarks.md); elsewhere bf16 can be slower
+    than float32. Off by default: the same input then gives the same output on any machine.
+
+    Args:
+        *args, **kwargs: :class:`~monai.inferers.SliceInferer` arguments.
+        amp: run under autocast (default False).
+        amp_dtype: ``"bfloat16"`` (default) or ``"float16"`` (CUDA only).
+
+    Raises:
+        ValueError: for another ``amp_dtype``.
+    """
+
+    def __init__(self, *args: Any, amp: bool = False, amp_dtype: str = "bfloat16", **kwargs: Any) -> None:
+        if amp_dtype not in _AMP_DTYPES:
+            raise ValueError(f"`amp_dtype` must be one of {sorted(_AMP_DTYPES)}, got {amp_dtype!r}.")
+        super().__init__(*args, **kwargs)
+        self.amp = bool(amp)
+        self.amp_dtype = _AMP_DTYPES[amp_dtype]
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Run :class:`~monai.inferers.SliceInferer` over ``inputs``, under autocast when ``amp`` is set."""
+        if not self.amp:
+            return super().__call__(inputs, network, *args, **kwargs)
+        with torch.autocast(device_type=inputs.device.type, dtype=self.amp_dtype):
+            out = super().__call__(inputs, network, *args, **kwargs)
+        return out.float()
 
 
 class ResampleArgmaxd(MapTransform):
