@@ -115,9 +115,59 @@ def test_files_decoded_while_the_series_arrives_give_the_same_contours(tmp_path,
     assert processor.prefetch(arriving) == len(files) - 6
     with caplog.at_level(logging.INFO, logger="vacseg_monai.service.processor"):
         ahead = pydicom.dcmread(processor(arriving, tmp_path / "b")[0])
-    assert f"{len(files)} of its files were decoded while it arrived" in caplog.text
+    assert f"{len(files)} of its files were decoded while it arrived, {len(files)} of its {len(files)} slices preprocessed" in caplog.text
 
     def contours(ds):
         return [[list(c.ContourData) for c in roi.get("ContourSequence", [])] for roi in ds.ROIContourSequence]
 
     assert contours(ahead) == contours(plain) and any(contours(plain))
+
+    # The last file arrives after the last prefetch: its slice is preprocessed at the job, the rest are reused.
+    late = tmp_path / "late"
+    late.mkdir()
+    for path in files[:-1]:
+        shutil.copy(path, late / path.name)
+    assert processor.prefetch(late) == len(files) - 1
+    shutil.copy(files[-1], late / files[-1].name)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vacseg_monai.service.processor"):
+        filled = pydicom.dcmread(processor(late, tmp_path / "c")[0])
+    assert f"{len(files) - 1} of its {len(files)} slices preprocessed" in caplog.text
+    assert contours(filled) == contours(plain)
+
+    # Fewer than three quarters ahead: the whole volume is preprocessed at the job.
+    early = tmp_path / "early"
+    early.mkdir()
+    for path in files[:5]:
+        shutil.copy(path, early / path.name)
+    assert processor.prefetch(early) == 5
+    for path in files[5:]:
+        shutil.copy(path, early / path.name)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vacseg_monai.service.processor"):
+        whole = pydicom.dcmread(processor(early, tmp_path / "d")[0])
+    assert "5 of its files were decoded while it arrived" in caplog.text and "preprocessed" not in caplog.text
+    assert contours(whole) == contours(plain)
+
+
+def test_slices_preprocessed_one_by_one_equal_the_volume_preprocessed(tiny_weights, ct_dir):
+    """The node preprocesses slices as they arrive; stacked, they are exactly the volume's preprocessing,
+    and segmenting from them gives the same labels."""
+    from monai.transforms import Compose, Resized
+
+    from vacseg_monai.inference import load_input
+    from vacseg_monai.segmenter import BundleSegmenter
+    from vacseg_monai.transforms import inference_transforms, is_slice_wise, train_transforms
+
+    segmenter = BundleSegmenter(default_bundle_root(), ckpt_path=tiny_weights, overrides=TINY)
+    source = load_input(ct_dir)
+    slices = [segmenter.preprocess_slice(source.image[0, :, :, k].numpy()) for k in range(source.image.shape[-1])]
+    volume = segmenter.preprocessing({"image": source.image})["image"]
+    assert slices[0].shape == (1, 32, 32, 1)
+    assert torch.equal(torch.cat(slices, dim=-1), volume.as_tensor())
+    assert np.array_equal(segmenter.segment(source, slices).labels, segmenter.segment(source).labels)
+    with pytest.raises(ValueError, match="11 preprocessed slices given for 12 slices"):
+        segmenter.segment(source, slices[:-1])
+    assert segmenter.slice_wise and is_slice_wise(inference_transforms(spatial_size=32))
+    assert not is_slice_wise(train_transforms(spatial_size=32))  # random, not known slice-wise
+    assert not is_slice_wise(Compose([Resized(keys="image", spatial_size=(32, 32, 6))]))  # resamples across slices

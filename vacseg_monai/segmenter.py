@@ -13,14 +13,17 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 
 from vacseg_monai.inference import InferenceInput, OutputKind, SaveInferenceOutputsd
 from vacseg_monai.paths import default_bundle_root
+from vacseg_monai.transforms import is_slice_wise
 
 __all__ = ["BundleSegmenter", "Segmentation"]
 
@@ -105,11 +108,50 @@ class BundleSegmenter:
         self.root_uid = parser.get_parsed_content("root_uid")
         logger.info("Loaded bundle %s weights %s on %s", self.bundle, weights, self.device)
 
-    def segment(self, source: InferenceInput) -> Segmentation:
-        """Segment one loaded input (:func:`vacseg_monai.inference.load_input`)."""
+    @property
+    def slice_wise(self) -> bool:
+        """True if the bundle's preprocessing treats each slice on its own (see :meth:`preprocess_slice`)."""
+        return is_slice_wise(self.preprocessing)
+
+    def preprocess_slice(self, hu: np.ndarray) -> torch.Tensor:
+        """The bundle's preprocessing of one slice, e.g. while a series is still arriving.
+
+        Args:
+            hu: one slice in HU, float32 ``(rows, cols)``, as the series reader decodes it.
+
+        Returns:
+            A ``(1, h, w, 1)`` tensor, equal to that slice of the preprocessed volume; pass the
+            slices in volume order to :meth:`segment`.
+
+        Raises:
+            ValueError: if the preprocessing is not slice-wise (:attr:`slice_wise`).
+        """
+        if not self.slice_wise:
+            raise ValueError("This bundle's preprocessing is not slice-wise; preprocess the whole volume instead.")
+        out = self.preprocessing({"image": torch.from_numpy(hu)[None, :, :, None]})["image"]
+        return out.as_tensor() if isinstance(out, MetaTensor) else out
+
+    def segment(self, source: InferenceInput, preprocessed: Sequence[torch.Tensor] | None = None) -> Segmentation:
+        """Segment one loaded input (:func:`vacseg_monai.inference.load_input`).
+
+        Args:
+            source: the input.
+            preprocessed: its slices already preprocessed by :meth:`preprocess_slice`, in volume order
+                (default None: the volume is preprocessed here).
+
+        Raises:
+            ValueError: if ``preprocessed`` does not hold one slice per slice of ``source``.
+        """
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        data = self.preprocessing({"image": source.image})
+        if preprocessed is None:
+            data = self.preprocessing({"image": source.image})
+        else:
+            n = source.image.shape[-1]
+            if len(preprocessed) != n:
+                raise ValueError(f"{len(preprocessed)} preprocessed slices given for {n} slices of {source.path}.")
+            # The grid meta (spatial_shape, original_affine) with which the logits are mapped back is the input's.
+            data = {"image": MetaTensor(torch.cat(list(preprocessed), dim=-1), meta=dict(source.image.meta))}
         timings["preprocess"] = time.perf_counter() - start
 
         start = time.perf_counter()

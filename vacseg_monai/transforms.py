@@ -46,6 +46,7 @@ __all__ = [
     "ClipIntensityd",
     "LoadSliced",
     "inference_transforms",
+    "is_slice_wise",
     "train_transforms",
     "val_transforms",
 ]
@@ -325,6 +326,24 @@ def train_transforms(
         EnsureTyped(keys=keys, track_meta=False),
     ]
     return Compose(chain)
+
+
+def is_slice_wise(chain: Compose) -> bool:
+    """True if ``chain`` treats each slice of a ``(1, rows, cols, n)`` image on its own.
+
+    Then running it on one slice at a time (``n`` = 1) gives the slices of running it on the
+    volume: the node preprocesses slices while a series arrives. Only transforms known to be
+    slice-wise count: EnsureTyped, ClipIntensityd, ScaleIntensityRanged, and Resized that keeps
+    the slice axis (``spatial_size`` ending in -1), as :func:`inference_transforms` builds them.
+    """
+    for transform in chain.transforms:
+        if isinstance(transform, Resized):
+            size = tuple(transform.resizer.spatial_size)
+            if len(size) != 3 or size[-1] != -1:
+                return False
+        elif not isinstance(transform, (EnsureTyped, ClipIntensityd, ScaleIntensityRanged)):
+            return False
+    return True
 
 
 def inference_transforms(
