@@ -60,6 +60,7 @@ def test_invalid_values_say_what_was_wrong(capsys):
         (["--tls-cert", "c.pem"], "must be given together"),
         (["--root-uid", "1.2/3"], "not a valid UID root"),
         (["1000", "--port", "1001"], "Conflicting ports"),
+        (["--worker-nice", "20"], "`worker_nice` must be an integer in [0, 19], got 20"),
     ]:
         with pytest.raises(SystemExit):
             parse_node_args(args)

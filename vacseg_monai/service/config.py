@@ -88,6 +88,9 @@ class NodeConfig:
         export_retry_initial: first retry delay in seconds, doubled each time (default 1).
         export_retry_max: longest retry delay in seconds (default 30).
         modalities: modalities the worker processes; others fail (default CT).
+        worker_nice: how much lower the worker's CPU priority is than the SCP's (``nice`` increment, 0-19;
+            default 10): receiving and acknowledging images goes first when both want the processor,
+            and the worker has every spare cycle. 0 runs both alike.
         log_level: logging level name for :func:`logging.basicConfig` (default INFO).
     """
 
@@ -116,6 +119,7 @@ class NodeConfig:
     export_retry_initial: float = 1.0
     export_retry_max: float = 30.0
     modalities: list[str] = field(default_factory=lambda: ["CT"])
+    worker_nice: int = 10
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -155,6 +159,12 @@ class NodeConfig:
         self.allowed_aet = [str(v).strip() for v in self.allowed_aet]
         self.allowed_host = [str(v) for v in self.allowed_host]
         self.modalities = [str(v).upper() for v in self.modalities]
+        try:
+            self.worker_nice = int(self.worker_nice)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"`worker_nice` must be an integer in [0, 19], got {self.worker_nice!r}.") from exc
+        if not 0 <= self.worker_nice <= 19:
+            raise ValueError(f"`worker_nice` must be an integer in [0, 19], got {self.worker_nice}.")
         if not isinstance(self.processor, str) or ":" not in self.processor:
             raise ValueError(f"`processor` must look like 'package.module:factory', got {self.processor!r}.")
 
@@ -272,6 +282,7 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
     proc.add_argument("--bundle", type=Path, metavar="DIR", help="MONAI bundle used by the processor (default: the repository's bundles/vacbag_ct_segmentation, found from any folder)")
     proc.add_argument("--processor", metavar="MODULE:FACTORY", help=f"factory creating the processing callable in the worker (default {DEFAULT_PROCESSOR})")
     proc.add_argument("--series-timeout", dest="series_timeout", type=float, metavar="SEC", help="a series is complete this many seconds after the last association that sent to it ended, if nothing more arrives; 0 = at release (default 0)")
+    proc.add_argument("--worker-nice", dest="worker_nice", type=int, metavar="N", help="lower the worker's CPU priority by N (nice, 0-19) so that receiving goes first when both want the processor (default 10)")
     proc.add_argument("--modalities", action="append", metavar="MOD", help="modality accepted for processing (repeatable; default CT); other series end as failed jobs")
 
     tls = parser.add_argument_group("TLS")

@@ -298,6 +298,9 @@ def worker_main(config: NodeConfig, conn: multiprocessing.connection.Connection,
     if str(config.log_level).upper() != "DEBUG":  # one line per C-STORE is noise unless debugging
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     _exit_with_parent()
+    if config.worker_nice and hasattr(os, "nice"):
+        # Below the SCP: receiving goes first when both want the processor; idle cycles are all the worker's.
+        os.nice(config.worker_nice)
     store = JobStore(config.output_directory)
     try:
         processor = load_processor(
