@@ -88,21 +88,6 @@ def _autocast(device: Any, precision: str) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _parser(data_dir: Path, patients: int, device: str) -> Any:
-    from monai.bundle import ConfigParser
-
-    from vacseg_monai.paths import default_bundle_root
-
-    parser = ConfigParser()
-    parser.read_config(str(Path(default_bundle_root()) / "configs" / "train.json"))
-    parser["bundle_root"] = str(default_bundle_root())
-    parser["data_dir"] = str(data_dir)
-    parser["k_folds"] = patients
-    parser["progress_bar"] = False
-    parser["device"] = f"$torch.device({device!r})"
-    return parser
-
-
 def _step_fn(network: Any, loss_fn: Any, optimizer: Any, device: Any, precision: str) -> Callable[[dict], None]:
     import torch
 
@@ -312,14 +297,15 @@ def run(device_name: str = "cuda", *, quick: bool = False, steps: int = 50, big_
     """Measure; see the module docstring. Returns the result dictionary."""
     import torch
 
-    from benchmarks.bench_training import _dataset
+    from benchmarks.bench_training import _dataset, train_parser
 
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("No CUDA device here; run with --device cpu --quick for a smoke run.")
     torch.backends.cudnn.benchmark = device.type == "cuda"
     patients, size = (2, 128) if quick else (3, 512)
-    parser = _parser(_dataset(patients, size), patients, device_name)
+    parser = train_parser(_dataset(patients, size), patients)
+    parser["device"] = f"$torch.device({device_name!r})"
     batch_sizes = sorted({int(parser.get_parsed_content("batch_size")), big_batch})
     precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
     info = device_info(device)

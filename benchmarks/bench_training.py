@@ -35,7 +35,7 @@ from typing import Any
 
 from benchmarks.common import CACHE_DIR, emit, machine_info, stats, table
 
-__all__ = ["main", "run"]
+__all__ = ["main", "run", "train_parser"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,21 @@ def _dataset(patients: int, size: int, seed: int = 2000) -> Path:
         if not (folder / phantom_patient_id(seed + i) / "mask").is_dir():
             write_npy_layout(generate_phantom(seed + i, size=size), folder)
     return folder
+
+
+def train_parser(data_dir: Path, patients: int) -> Any:
+    """The bundle's ``configs/train.json`` on ``data_dir``, one fold per patient (all but one train), no progress bars."""
+    from monai.bundle import ConfigParser
+
+    from vacseg_monai.paths import default_bundle_root
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(default_bundle_root()) / "configs" / "train.json"))
+    parser["bundle_root"] = str(default_bundle_root())
+    parser["data_dir"] = str(data_dir)
+    parser["k_folds"] = patients
+    parser["progress_bar"] = False
+    return parser
 
 
 def _bundle_epoch_steps(parser: object) -> int | None:
@@ -75,17 +90,8 @@ def run(repeats: int = 5, steps: int = 10, patients: int = 3, size: int = 512,
         num_workers: int | None = None) -> dict[str, Any]:
     """Measure; see the module docstring. Returns the result dictionary."""
     import torch
-    from monai.bundle import ConfigParser
 
-    from vacseg_monai.paths import default_bundle_root
-
-    data_dir = _dataset(patients, size)
-    parser = ConfigParser()
-    parser.read_config(str(Path(default_bundle_root()) / "configs" / "train.json"))
-    parser["bundle_root"] = str(default_bundle_root())
-    parser["data_dir"] = str(data_dir)
-    parser["k_folds"] = patients
-    parser["progress_bar"] = False
+    parser = train_parser(_dataset(patients, size), patients)
     if num_workers is not None:
         parser["num_workers"] = num_workers
     batch_size = parser.get_parsed_content("batch_size")
