@@ -25,9 +25,13 @@ loss, optimizer, batch size; ``configs/inference.json`` through
 
 ``--device cpu --quick`` is a small smoke run (used by the tests); its figures mean nothing.
 
-The device machine lent to some sessions has torch but not this project's other packages:
-carry wheels of monai, pytorch-ignite, pydicom and nibabel (``pip download --no-deps
---only-binary=:all:`` for its Python) and put them on ``PYTHONPATH`` first.
+A GPU machine with torch but not this project's other packages needs only four pure-Python
+wheels (7.4 MB), fetched where a registry is reachable and installed beside the checkout:
+
+    python3 -m pip download --no-deps --only-binary=:all: -d .whl \
+        monai==1.6.1 pytorch-ignite==0.5.5 pydicom==3.0.2 nibabel==5.4.2
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    PYTHONPATH=/tmp/site:. python3 -m benchmarks.bench_gpu --out docs/gpu.json
 """
 
 from __future__ import annotations
