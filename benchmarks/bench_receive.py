@@ -6,7 +6,7 @@ processes at the same time, in rotation, ``--repeats`` times each:
 
 - the node (``scripts/serve_scp.py``; stand-in processor, so the worker's
   reading of the finished series is quick; each send waits until that job is done);
-- the node as deployed, with the shipped bundle (its worker decodes the series
+- the node as deployed, with the shipped bundle (its worker decodes and preprocesses the series
   while it arrives, on the same cores; each send waits until the RTSTRUCT is written);
 - ``python -m pynetdicom storescp PORT --ignore`` (decodes nothing, stores nothing);
 - DCMTK ``storescp +xa -od DIR`` (TCP_NODELAY=1; writes files, no fsync).

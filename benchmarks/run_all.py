@@ -348,12 +348,13 @@ def render_report(data: dict[str, dict[str, Any]], machine: dict[str, Any], comm
                 f"{rec['series']['bytes'] / 1e6:.1f} MB) sent with {rec['sender']} to SCPs running side by "
                 f"side, in rotation, {rec['repeats']} measured sends each after {rec['warmup']} warm-up. "
                 "Images/s = images / storescu wall time. The target row is the node with a stand-in processor "
-                "(its worker does next to nothing); the node with the bundle, whose worker decodes the series "
-                "on the same two cores while it arrives, is shown beside it.", "",
+                "(its worker does next to nothing); the node with the bundle, whose worker decodes and preprocesses "
+                "the series on the same two cores while it arrives (at a lower CPU priority, `--worker-nice`), "
+                "is shown beside it.", "",
                 "![receive throughput](bench_receive.png)", "",
                 "| SCP | images/s (median) | seconds (median) |", "|---|---|---|",
                 f"| node (store + fsync before the ack) | {ips['node']['median']:.1f} | {rec['seconds']['node']['median']:.3f} |",
-                *([f"| node with the bundle (decoding while receiving) | {ips['node_bundle']['median']:.1f} | "
+                *([f"| node with the bundle (decoding and preprocessing while receiving) | {ips['node_bundle']['median']:.1f} | "
                    f"{rec['seconds']['node_bundle']['median']:.3f} |"] if "node_bundle" in ips else []),
                 f"| pynetdicom `storescp --ignore` | {ips['pynetdicom']['median']:.1f} | {rec['seconds']['pynetdicom']['median']:.3f} |",
                 f"| DCMTK `storescp` (TCP_NODELAY=1) | {ips['dcmtk']['median']:.1f} | {rec['seconds']['dcmtk']['median']:.3f} |",

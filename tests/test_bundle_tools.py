@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -275,10 +277,22 @@ def test_multi_gpu_train_runs_two_gloo_ranks_on_cpu(tmp_path):
         "--batch_size", "2", "--num_workers", "0", "--progress_bar", "False",
     ]  # fmt: skip
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S, env=env,
-                            check=False)  # fmt: skip
-    rank_logs = {p.parent.name: p.read_text() for p in logs.rglob("stderr.log")}
-    rank_logs |= {p.parent.name + "-out": p.read_text() for p in logs.rglob("stdout.log")}
+
+    def run() -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+        shutil.rmtree(logs, ignore_errors=True)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S, env=env,
+                              check=False)  # fmt: skip
+        texts = {p.parent.name: p.read_text() for p in logs.rglob("stderr.log")}
+        texts |= {p.parent.name + "-out": p.read_text() for p in logs.rglob("stdout.log")}
+        return done, texts
+
+    result, rank_logs = run()
+    if result.returncode != 0 and "SIGABRT" in result.stderr and not any("Epoch[" in v for v in rank_logs.values()):
+        # One CI run saw a rank abort (SIGABRT) while the gloo process group started, before any training and
+        # with nothing in its log; 8 runs after it passed. One retry, reported as a warning with torchrun's words.
+        warnings.warn(f"torchrun rank aborted at gloo start-up; retried once. torchrun said: {result.stderr[-1500:]}",
+                      stacklevel=1)
+        result, rank_logs = run()
     assert result.returncode == 0, (result.stderr[-3000:], {k: v[-2000:] for k, v in rank_logs.items()})
 
     # torchrun exits 0 only when every rank exited 0; both ranks wrote their own logs
