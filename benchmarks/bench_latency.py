@@ -115,6 +115,8 @@ def run(repeats: int = 5, slices: int = 100, size: int = 512, warmup: int = 1, t
                             log_level="WARNING")
         store = JobStore(config.output_directory)
         with DicomNode(config) as node:
+            if not node.worker.wait_ready(120):  # the first job should not wait for the bundle to load
+                raise RuntimeError("The node's worker did not load the bundle within 120 s.")
             for i in range(warmup + repeats):
                 # Reference: the segmenter in this process on the same series (the node's worker is idle).
                 source = load_input(files[0].parent)

@@ -246,7 +246,7 @@ def render_report(data: dict[str, dict[str, Any]], machine: dict[str, Any], comm
             f"({lat['send_images_per_s']} images/s) |",
         ]
         if lat.get("first_job"):
-            out.append(f"| first job after node start (warm-up, not in the median) | {lat['first_job']['latency_s']:.3f} s |")
+            out.append(f"| first job once the worker is ready (warm-up, not in the median) | {lat['first_job']['latency_s']:.3f} s |")
         out += ["",
                 f"- Target latency <= 2 x network: {_verdict(lat['met']['ratio'], ratio, 2.0, ' x')}",
                 f"- Target latency <= 10 s: {_verdict(lat['met']['absolute'], lat_s, 10.0, ' s')}", ""]
