@@ -107,12 +107,12 @@ def test_files_decoded_while_the_series_arrives_give_the_same_contours(tmp_path,
     files = sorted(ct_dir.glob("*.dcm"))
     for path in files[:5]:  # the first files have arrived
         shutil.copy(path, arriving / path.name)
-    assert processor.prefetch(arriving) == 5
-    assert processor.prefetch(arriving) == 0  # nothing new
+    assert processor.prefetch(arriving, budget_s=60) == 5
+    assert processor.prefetch(arriving, budget_s=60) == 0  # nothing new
     for path in files[5:]:
         shutil.copy(path, arriving / path.name)
     assert processor.prefetch(arriving, budget_s=0.0) == 1  # bounded work per call
-    assert processor.prefetch(arriving) == len(files) - 6
+    assert processor.prefetch(arriving, budget_s=60) == len(files) - 6
     with caplog.at_level(logging.INFO, logger="vacseg_monai.service.processor"):
         ahead = pydicom.dcmread(processor(arriving, tmp_path / "b")[0])
     assert f"{len(files)} of its files were decoded while it arrived, {len(files)} of its {len(files)} slices preprocessed" in caplog.text
@@ -127,7 +127,7 @@ def test_files_decoded_while_the_series_arrives_give_the_same_contours(tmp_path,
     late.mkdir()
     for path in files[:-1]:
         shutil.copy(path, late / path.name)
-    assert processor.prefetch(late) == len(files) - 1
+    assert processor.prefetch(late, budget_s=60) == len(files) - 1
     shutil.copy(files[-1], late / files[-1].name)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="vacseg_monai.service.processor"):
@@ -140,7 +140,7 @@ def test_files_decoded_while_the_series_arrives_give_the_same_contours(tmp_path,
     early.mkdir()
     for path in files[:5]:
         shutil.copy(path, early / path.name)
-    assert processor.prefetch(early) == 5
+    assert processor.prefetch(early, budget_s=60) == 5
     for path in files[5:]:
         shutil.copy(path, early / path.name)
     caplog.clear()
