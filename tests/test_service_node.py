@@ -259,7 +259,7 @@ def test_worker_reports_ready_only_once_its_processor_is_loaded(tmp_path):
         assert node.worker.wait_ready(60)
         # The worker runs below the SCP's CPU priority, so that receiving goes first.
         ours = os.getpriority(os.PRIO_PROCESS, 0)
-        assert os.getpriority(os.PRIO_PROCESS, node.worker._process.pid) == min(ours + 7, 19)
+        assert os.getpriority(os.PRIO_PROCESS, node.worker.pid) == min(ours + 7, 19)
     broken = make_node(tmp_path / "broken", processor="test_service_support:NoSuchProcessor")
     with broken:
         assert not broken.worker.wait_ready(3)

@@ -410,6 +410,12 @@ class WorkerProcess:
             if not self._stopping.is_set():
                 self._spawn()
 
+    @property
+    def pid(self) -> int | None:
+        """The worker process's id (None before :meth:`start`)."""
+        process = self._process
+        return process.pid if process is not None else None
+
     def wait_ready(self, timeout: float) -> bool:
         """Wait until the worker has loaded its processor (the bundle); True if it has.
 
