@@ -287,10 +287,11 @@ def test_multi_gpu_train_runs_two_gloo_ranks_on_cpu(tmp_path):
         return done, texts
 
     result, rank_logs = run()
-    if result.returncode != 0 and "SIGABRT" in result.stderr and not any("Epoch[" in v for v in rank_logs.values()):
-        # One CI run saw a rank abort (SIGABRT) while the gloo process group started, before any training and
-        # with nothing in its log; 8 runs after it passed. One retry, reported as a warning with torchrun's words.
-        warnings.warn(f"torchrun rank aborted at gloo start-up; retried once. torchrun said: {result.stderr[-1500:]}",
+    if result.returncode != 0 and any("terminate called without an active exception" in v for v in rank_logs.values()):
+        # Seen twice in CI (never in 30 runs alone): rank 1 aborted in teardown after rank 0 had finished the
+        # epoch. The config now waits at a barrier before destroying the process group; should the abort still
+        # come, one retry, reported as a warning with torchrun's words.
+        warnings.warn(f"a torchrun rank aborted in teardown; retried once. torchrun said: {result.stderr[-1500:]}",
                       stacklevel=1)
         result, rank_logs = run()
     assert result.returncode == 0, (result.stderr[-3000:], {k: v[-2000:] for k, v in rank_logs.items()})
