@@ -497,10 +497,10 @@ def _gpu_section(gpu: dict[str, Any] | None) -> list[str]:
             f"{peak['measured_bf16_matmul'] or 'not measured'} TFLOP/s.", "",
             "| batch | precision | slices/s | TFLOP/s | share of data-sheet peak | share of measured matmul |",
             "|---|---|---|---|---|---|"]
-    for r in gpu["training"]["rows"]:
-        def share(x: float | None) -> str:
-            return f"{100 * x:.1f} %" if x is not None else "-"
+    def share(x: float | None) -> str:
+        return f"{100 * x:.1f} %" if x is not None else "-"
 
+    for r in gpu["training"]["rows"]:
         out.append(f"| {r['batch_size']} | {r['precision']} | {r['slices_per_s']:.1f} | {r['achieved_tflops']:.2f} | "
                    f"{share(r['share_of_sheet_peak'])} | {share(r['share_of_matmul_peak'])} |")
     pipe = gpu["training_pipeline"]

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,14 @@ QA_PICTURE = "qa.png"
 TIMINGS_FILE = "timings.json"
 #: Series decoded ahead by `BundleProcessor.prefetch` that are kept at once (the oldest is dropped).
 MAX_PREFETCHED_SERIES = 4
+
+
+@dataclass
+class _Ahead:
+    """What :meth:`BundleProcessor.prefetch` did with the files of one series that is still arriving."""
+
+    decoded: dict[Path, DecodedSlice | None] = field(default_factory=dict)  # every file looked at
+    preprocessed: dict[Path, torch.Tensor] = field(default_factory=dict)  # slices run through the preprocessing
 
 
 def _write_timings(job_dir: Path, timings: dict[str, float]) -> None:
@@ -92,10 +101,8 @@ class BundleProcessor:
         self.root_uid = root_uid
         self.qa_picture = qa_picture
         self._pending_qa: tuple[Path, np.ndarray, np.ndarray, str] | None = None
-        # Series folders still arriving -> their files decoded so far (see `prefetch`), oldest first,
-        # and those slices preprocessed (when the bundle's preprocessing is slice-wise).
-        self._decoded: OrderedDict[Path, dict[Path, DecodedSlice | None]] = OrderedDict()
-        self._preprocessed: dict[Path, dict[Path, torch.Tensor]] = {}
+        # Series folders still arriving -> what `prefetch` did with their files so far, oldest first.
+        self._ahead: OrderedDict[Path, _Ahead] = OrderedDict()
         self.segmenter = BundleSegmenter(bundle, ckpt_path=ckpt_path, device=device, overrides=overrides)
         self._slice_wise = self.segmenter.slice_wise
 
@@ -116,22 +123,19 @@ class BundleProcessor:
         Returns:
             The number of files decoded by this call.
         """
-        decoded = self._decoded.get(series_dir)
-        if decoded is None:
-            decoded = self._decoded[series_dir] = {}
-            self._preprocessed[series_dir] = {}
-            while len(self._decoded) > MAX_PREFETCHED_SERIES:
-                dropped, _ = self._decoded.popitem(last=False)
-                self._preprocessed.pop(dropped, None)
-        preprocessed = self._preprocessed[series_dir]
+        ahead = self._ahead.get(series_dir)
+        if ahead is None:
+            ahead = self._ahead[series_dir] = _Ahead()
+            while len(self._ahead) > MAX_PREFETCHED_SERIES:
+                self._ahead.popitem(last=False)
         deadline = time.perf_counter() + budget_s
         count = 0
         for path in sorted(series_dir.glob("*.dcm")):
-            if path in decoded:
+            if path in ahead.decoded:
                 continue
-            item = decoded[path] = decode_slice(path)
+            item = ahead.decoded[path] = decode_slice(path)
             if item is not None and self._slice_wise:
-                preprocessed[path] = self.segmenter.preprocess_slice(item.hu)
+                ahead.preprocessed[path] = self.segmenter.preprocess_slice(item.hu)
             count += 1
             if time.perf_counter() > deadline:
                 break
@@ -161,9 +165,9 @@ class BundleProcessor:
             ValueError: when the folder holds no DICOM CT series.
         """
         start = time.perf_counter()
-        decoded = self._decoded.pop(series_dir, None)
-        preprocessed = self._preprocessed.pop(series_dir, None) or {}
-        source = load_input(series_dir, decoded=decoded)
+        ahead = self._ahead.pop(series_dir, None) or _Ahead()
+        decoded, preprocessed = ahead.decoded, ahead.preprocessed
+        source = load_input(series_dir, decoded=decoded or None)
         if source.kind is not InputKind.DICOM:
             raise ValueError(f"Job folder {series_dir} does not hold a DICOM series (found {source.kind.value}).")
         timings = {"read": time.perf_counter() - start}
@@ -177,7 +181,7 @@ class BundleProcessor:
                 series_dir, timings["read"], ahead,
                 f", {len(preprocessed)} of its {len(slices)} slices preprocessed" if slices else "",
             )
-        del decoded, preprocessed  # the slices are in the volume now; free the copies before segmenting
+        del ahead, decoded, preprocessed  # the slices are in the volume now; free the copies before segmenting
         result = self.segmenter.segment(source, slices)
         del slices
         timings.update(result.timings)

@@ -333,17 +333,17 @@ def handle_store(event: evt.Event, assembler: SeriesAssembler) -> int:
     # With pynetdicom's STORE_RECV_CHUNKED_DATASET (as DicomNode runs it) the received bytes are already
     # in a file, preceded by file meta. Its header (pixel data left on disk) is parsed on a helper thread
     # while this one fsyncs the file.
-    received = event.dataset_path
-    if received is None:
+    if event.dataset_path is None:
         return _check_and_store(event, assembler, peer, lambda: event.dataset, None, None)
-    header = assembler.read_header_beside(Path(received))
+    received = Path(event.dataset_path)
+    header = assembler.read_header_beside(received)
     try:
-        fsync_file(Path(received))
+        fsync_file(received)
     except OSError as exc:
         sync_error = exc
     else:
         sync_error = None
-    return _check_and_store(event, assembler, peer, header.result, Path(received), sync_error)
+    return _check_and_store(event, assembler, peer, header.result, received, sync_error)
 
 
 def _check_and_store(
