@@ -131,6 +131,39 @@ def test_evaluate_config_reloads_best_model(trained):
     assert len(rows) == 12 and all("/p0/" in r["filename"] or "/p1/" in r["filename"] for r in rows)
 
 
+def test_finetune_starts_from_a_checkpoint_and_never_overwrites_one(trained):
+    root, overrides, _ = trained
+    pretrained = root / "models" / "model.pt"
+    before = pretrained.read_bytes()
+    tuned_dir = root / "finetuned"
+    finetune = overrides | {"pretrained_path": str(pretrained), "ckpt_dir": str(tuned_dir),
+                            "output_dir": str(root / "finetune_runs"), "max_epochs": "1", "learning_rate": "0.0"}
+    configs = [CONFIGS / "train.json", CONFIGS / "finetune.json"]
+    _run_bundle("training", configs, finetune)
+    assert pretrained.read_bytes() == before
+    start = torch.load(pretrained, map_location="cpu", weights_only=True)
+    tuned = torch.load(tuned_dir / "model.pt", map_location="cpu", weights_only=True)
+    convs = [k for k in start if k.endswith("conv.weight")]
+    assert convs and all(torch.equal(start[k], tuned[k]) for k in convs)  # lr 0: the weights are the checkpoint's
+    again = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", repr([str(f) for f in configs]),
+         "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE)]
+        + [arg for key, value in finetune.items() for arg in (f"--{key}", value)],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
+    )  # fmt: skip
+    assert again.returncode != 0
+    assert f"FileExistsError: {tuned_dir} already holds checkpoint_epoch=1.pt, model.pt, model_last.pt" in again.stderr
+
+
+def test_finetune_defaults_to_a_new_folder_and_the_shipped_weights():
+    parser = ConfigParser()
+    parser.read_config([CONFIGS / "train.json", CONFIGS / "finetune.json"])
+    parser["bundle_root"] = str(BUNDLE)
+    assert parser.get_parsed_content("pretrained_path") == str(BUNDLE) + "/models/model.pt"
+    assert re.fullmatch(re.escape(str(BUNDLE)) + r"/models/finetune_\d{8}_\d{6}", parser.get_parsed_content("ckpt_dir"))
+    assert parser.get_parsed_content("learning_rate") < _parser().get_parsed_content("learning_rate")
+
+
 # ------------------------------------------------------------------ config, no training
 
 

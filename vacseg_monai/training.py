@@ -1,4 +1,4 @@
-"""Training helpers referenced from the bundle configs: the loss factory.
+"""Training helpers referenced from the bundle configs: the loss factory and the fine-tuning guard.
 
 All losses take raw network logits ``(B, C, H, W)`` and an integer label map
 ``(B, 1, H, W)`` (values 0..C-1), as produced by :mod:`vacseg_monai.transforms`.
@@ -7,6 +7,7 @@ All losses take raw network logits ``(B, C, H, W)`` and an integer label map
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from monai.losses import DiceCELoss, DiceLoss, TverskyLoss
 from monai.networks.utils import one_hot
 from torch import nn
 
-__all__ = ["LOSS_NAMES", "FocalTverskyLoss", "OneHotBCEWithLogitsLoss", "make_loss"]
+__all__ = ["LOSS_NAMES", "FocalTverskyLoss", "OneHotBCEWithLogitsLoss", "make_loss", "refuse_existing_checkpoints"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +99,25 @@ def make_loss(loss: str = "dicece", include_background: bool = True) -> nn.Modul
     if name == "focal_tversky":
         return FocalTverskyLoss(include_background=include_background)
     raise ValueError(f"`loss` must be one of {list(LOSS_NAMES)}, got {loss!r}.")
+
+
+def refuse_existing_checkpoints(ckpt_dir: str | Path) -> Path:
+    """Stop a fine-tuning run that would write over checkpoints already in ``ckpt_dir``.
+
+    ``configs/finetune.json`` writes into a new, time-stamped folder under ``models/``; this guard makes sure
+    that an explicit ``--ckpt_dir`` never silently replaces the shipped ``model.pt`` or an earlier fine-tune.
+
+    Args:
+        ckpt_dir: the run's checkpoint folder.
+
+    Raises:
+        FileExistsError: if the folder already holds ``*.pt`` files.
+    """
+    folder = Path(ckpt_dir)
+    existing = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
+    if existing:
+        raise FileExistsError(
+            f"{folder} already holds {', '.join(existing)}; fine-tuning never overwrites a checkpoint: "
+            "pass a new --ckpt_dir (the default is a new time-stamped folder under models/)."
+        )
+    return folder
