@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 import numpy as np
@@ -150,19 +151,19 @@ def test_single_slice_uses_slice_thickness(tmp_path):
     assert read_series(tmp_path).slice_spacing == pytest.approx(1.25)
 
 
-def test_list_series_and_selection(tmp_path):
+def test_list_series_and_selection(tmp_path, caplog):
     a = write_ct_series(_image(n=4), tmp_path / "b", series_number=2, series_description="Plan", study_instance_uid="1.2.9")
     b = write_ct_series(
         _image(n=3, seed=2), tmp_path / "a", series_number=3, series_description="Scout", study_instance_uid="1.2.9"
     )
     summaries = list_series(tmp_path)
     assert [(s.count, s.description, s.series_number) for s in summaries] == [(4, "Plan", 2), (3, "Scout", 3)]
-    uid_b = pydicom.dcmread(b[0]).SeriesInstanceUID
-    with pytest.raises(MultipleSeriesError) as err:
-        read_series(tmp_path)
-    message = str(err.value)
-    assert "2 CT series" in message and uid_b in message and pydicom.dcmread(a[0]).SeriesInstanceUID in message
-    assert "series_uid=" in message
+    uid_a, uid_b = pydicom.dcmread(a[0]).SeriesInstanceUID, pydicom.dcmread(b[0]).SeriesInstanceUID
+    with caplog.at_level(logging.WARNING, logger="vacseg_monai.dicom.series"):
+        largest = read_series(tmp_path)
+    assert largest.series_instance_uid == uid_a and largest.files == a
+    message = caplog.text
+    assert "2 CT series" in message and f"{uid_b} (3 slices, #3, 'Scout')" in message and "series_uid=" in message
     series = read_series(tmp_path, series_uid=uid_b)
     assert series.shape == (64, 64, 3)
     assert series.files == b

@@ -230,12 +230,14 @@ def _load_npy(path: Path, spacing: Sequence[float] | None) -> InferenceInput:
     )
 
 
-def _load_dicom(path: Path, decoded: Mapping[Path, DecodedSlice | None] | None = None) -> InferenceInput:
+def _load_dicom(
+    path: Path, decoded: Mapping[Path, DecodedSlice | None] | None = None, series_uid: str | None = None
+) -> InferenceInput:
     from vacseg_monai.dicom.errors import NoSeriesError
     from vacseg_monai.dicom.series import read_series
 
     try:
-        series = read_series(path, decoded=decoded)
+        series = read_series(path, series_uid=series_uid or None, decoded=decoded)
     except NoSeriesError as exc:
         raise InferenceInputError(f"{path} is none of {_LOOKED_FOR}: {exc}") from exc
     volume = series.volume
@@ -252,6 +254,7 @@ def load_input(
     path: str | os.PathLike[str],
     npy_spacing: Sequence[float] | None = None,
     decoded: Mapping[Path, DecodedSlice | None] | None = None,
+    series_uid: str | None = None,
 ) -> InferenceInput:
     """Read the inference input: a DICOM CT series, a NIfTI volume or an npy patient folder.
 
@@ -263,6 +266,8 @@ def load_input(
         path: the input path.
         npy_spacing: (row, col, slice) spacing in mm for npy input (default None: 1 mm each).
         decoded: DICOM files of ``path`` already decoded (see :func:`vacseg_monai.dicom.series.read_series`).
+        series_uid: SeriesInstanceUID to read from a DICOM folder (default None or "": the CT series
+            with the most slices).
 
     Returns:
         The loaded :class:`InferenceInput`.
@@ -289,7 +294,7 @@ def load_input(
     elif (path / _IMG_DIR).is_dir():
         loaded = _load_npy(path, npy_spacing)
     else:
-        loaded = _load_dicom(path, decoded)
+        loaded = _load_dicom(path, decoded, series_uid)
     logger.info("Read %s input %s: %s voxels", loaded.kind.value, path, "x".join(map(str, loaded.shape)))
     return loaded
 

@@ -8,6 +8,19 @@ a :class:`CTSeries` whose ``volume`` follows the project convention: a MONAI
 ``MetaTensor`` of shape (1, rows, cols, n_slices) in HU with a RAS affine.
 Every problem is raised as a :class:`~vacseg_monai.dicom.errors.DicomSeriesError`
 naming the file or UID and what is wrong.
+
+Real exports are read as they come:
+
+- file names do not matter (no ``.dcm`` suffix needed); files without the 128-byte
+  preamble are read when they start with a group 0x0002 or 0x0008 tag;
+- an empty or missing SOPClassUID / SOPInstanceUID is taken from the file meta
+  (MediaStorageSOPClassUID / MediaStorageSOPInstanceUID); an empty SeriesInstanceUID or
+  StudyInstanceUID is derived from the slices' shared tags (:func:`fill_missing_uids`),
+  logged once per series;
+- a DICOMDIR, other SOP classes (secondary captures, RT objects) and CT localizers /
+  scouts (ImageType LOCALIZER) are skipped, each with a log line naming the file;
+- of several CT series the one with the most slices is read unless ``series_uid`` says
+  which; the others are logged with their descriptions and slice counts.
 """
 
 from __future__ import annotations
@@ -23,7 +36,15 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, CTImageStorage, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+    generate_uid,
+)
 
 from vacseg_monai.dicom.errors import (
     DicomSeriesError,
@@ -32,7 +53,6 @@ from vacseg_monai.dicom.errors import (
     InconsistentSeriesError,
     MissingSliceError,
     MissingTagError,
-    MultipleSeriesError,
     NoSeriesError,
     UndecodablePixelDataError,
     UnreadableFileError,
@@ -48,7 +68,18 @@ from vacseg_monai.dicom.geometry import (
 if TYPE_CHECKING:
     from monai.data import MetaTensor
 
-__all__ = ["DEFER_SIZE", "CTSeries", "DecodedSlice", "DicomSeriesError", "SeriesSummary", "decode_slice", "list_series", "read_series"]
+__all__ = [
+    "DEFER_SIZE",
+    "CTSeries",
+    "DecodedSlice",
+    "DicomSeriesError",
+    "SeriesSummary",
+    "decode_slice",
+    "fill_missing_uids",
+    "is_localizer",
+    "list_series",
+    "read_series",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +93,11 @@ _IOP_TOLERANCE = 1e-4
 _SPACING_RTOL = 1e-4
 # GantryDetectorTilt values (degrees) above this are a tilt.
 _TILT_TOLERANCE_DEG = 1e-3
-# Files opened without a preamble are tried only if they start with a group 0x0008 tag.
-_RAW_DATASET_PREFIXES = (b"\x08\x00", b"\x00\x08")
+# Files opened without a preamble are tried only if they start with a group 0x0002 or 0x0008 tag.
+_RAW_DATASET_PREFIXES = (b"\x02\x00", b"\x08\x00", b"\x00\x08")
+# Tags hashed into a SeriesInstanceUID / StudyInstanceUID derived for files where it is empty.
+_SERIES_UID_SOURCES = ("FrameOfReferenceUID", "Modality", "SeriesNumber", "SeriesDescription", "SeriesDate", "SeriesTime")
+_STUDY_UID_SOURCES = ("PatientID", "StudyID", "StudyDate", "StudyTime", "AccessionNumber", "FrameOfReferenceUID")
 
 
 @dataclass
@@ -177,37 +211,133 @@ def _read(path: Path) -> Dataset | None:
     return ds
 
 
+def _meta(ds: Dataset) -> Dataset:
+    return getattr(ds, "file_meta", None) or Dataset()
+
+
 def _sop_class(ds: Dataset) -> str:
-    sop = ds.get("SOPClassUID")
-    if sop is None:
-        sop = getattr(ds, "file_meta", Dataset()).get("MediaStorageSOPClassUID")
-    return str(sop) if sop is not None else ""
+    """SOPClassUID, or the file meta's MediaStorageSOPClassUID when it is empty or missing."""
+    sop = ds.get("SOPClassUID") or _meta(ds).get("MediaStorageSOPClassUID")
+    return str(sop) if sop else ""
 
 
-def _scan(
-    folder: str | Path, decoded: Mapping[Path, DecodedSlice | None] | None = None
-) -> dict[str, list[tuple[Path, Dataset]]]:
+def is_localizer(ds: Dataset) -> bool:
+    """True when ImageType names the image a LOCALIZER (a scout / topogram), not a slice of the volume.
+
+    Args:
+        ds: the image's data set.
+    """
+    value = ds.get("ImageType")
+    if not value:
+        return False
+    values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    return any(str(v).strip().upper() == "LOCALIZER" for v in values)
+
+
+def _derived_uid(ds: Dataset, keyword: str, sources: tuple[str, ...]) -> str:
+    return str(generate_uid(entropy_srcs=[keyword, *(str(ds.get(name, "") or "") for name in sources)]))
+
+
+def fill_missing_uids(ds: Dataset) -> list[str]:
+    """Fill the empty or missing identifying UIDs of an image exported without them; return the keywords filled.
+
+    SOPClassUID and SOPInstanceUID are taken from the file meta (MediaStorageSOPClassUID,
+    MediaStorageSOPInstanceUID). A SeriesInstanceUID present but empty is derived from the tags the slices
+    of one series share (FrameOfReferenceUID, Modality, SeriesNumber, SeriesDescription,
+    SeriesDate, SeriesTime), an empty StudyInstanceUID likewise from PatientID, StudyID, StudyDate,
+    StudyTime, AccessionNumber and FrameOfReferenceUID: the same files give the same UIDs, so
+    the reader and a sender that fills them before sending agree.
+
+    Args:
+        ds: the data set, changed in place.
+
+    Returns:
+        The keywords that were filled, in the order above (empty when none was).
+    """
+    filled = []
+    meta = _meta(ds)
+    for keyword, meta_keyword in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+        if not ds.get(keyword) and meta.get(meta_keyword):
+            setattr(ds, keyword, str(meta.get(meta_keyword)))
+            filled.append(keyword)
+    for keyword, sources in (("SeriesInstanceUID", _SERIES_UID_SOURCES), ("StudyInstanceUID", _STUDY_UID_SOURCES)):
+        if keyword in ds and not ds.get(keyword):  # present but empty; missing is a truncated file
+            setattr(ds, keyword, _derived_uid(ds, keyword, sources))
+            filled.append(keyword)
+    return filled
+
+
+@dataclass
+class _Scan:
+    """What :func:`_scan` found: the CT series by UID, a count per kind of file, the UIDs filled per series."""
+
+    groups: dict[str, list[tuple[Path, Dataset]]] = field(default_factory=dict)
+    found: Counter = field(default_factory=Counter)
+    filled: dict[str, Counter] = field(default_factory=dict)
+
+    def describe_found(self) -> str:
+        """The files found, counted by kind, e.g. ``2 x CT Image Storage (LOCALIZER), 1 x non-DICOM file``."""
+        if not self.found:
+            return "no files"
+        return ", ".join(f"{n} x {kind}" for kind, n in sorted(self.found.items()))
+
+
+def _skip_reason(ds: Dataset, sop_class: str) -> str | None:
+    """Why a DICOM file is not a slice of a CT series (its kind, as counted in :class:`_Scan`), or None."""
+    if sop_class == MediaStorageDirectoryStorage:
+        return "DICOMDIR"
+    if sop_class != CTImageStorage:
+        return UID(sop_class).name if sop_class else "no SOP class"
+    if is_localizer(ds):
+        return f"{UID(sop_class).name} (LOCALIZER)"
+    return None
+
+
+def _scan(folder: str | Path, decoded: Mapping[Path, DecodedSlice | None] | None = None) -> _Scan:
     """Group the CT Image Storage headers under ``folder`` by SeriesInstanceUID (``decoded`` headers reused)."""
     root = Path(folder)
     if not root.is_dir():
         raise NoSeriesError(f"Not a folder: {root}.")
-    groups: dict[str, list[tuple[Path, Dataset]]] = {}
+    scan = _Scan()
     for path in _iter_files(root):
         ready = decoded.get(path) if decoded else None
         ds = ready.header if ready is not None else _read(path)
         if ds is None:
+            scan.found["non-DICOM file"] += 1
             continue
         sop_class = _sop_class(ds)
-        if sop_class != CTImageStorage:
-            logger.debug("Skipping %s: SOP class %s is not CT Image Storage", path, UID(sop_class).name)
+        skip = _skip_reason(ds, sop_class)
+        if skip is not None:
+            scan.found[skip] += 1
+            log = logger.debug if skip == "DICOMDIR" else logger.info
+            log("Skipping %s: %s, not a slice of a CT series", path, skip)
             continue
-        for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID"):
+        scan.found[UID(sop_class).name] += 1
+        filled = fill_missing_uids(ds)
+        for keyword in ("SOPInstanceUID", "SeriesInstanceUID"):
             if not ds.get(keyword):
                 raise UnreadableFileError(
-                    f"CT file {path} lacks {keyword}: the file is truncated or incomplete."
+                    f"CT file {path} lacks {keyword} (nor does its file meta give it): the file is truncated or "
+                    "incomplete."
                 )
-        groups.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
-    return groups
+        uid = str(ds.SeriesInstanceUID)
+        scan.groups.setdefault(uid, []).append((path, ds))
+        if filled:
+            scan.filled.setdefault(uid, Counter()).update(filled)
+    return scan
+
+
+def _log_filled(scan: _Scan, series_uid: str) -> None:
+    """Say once for the series which UIDs were filled in how many of its files."""
+    filled = scan.filled.get(series_uid)
+    if not filled:
+        return
+    n = len(scan.groups[series_uid])
+    what = "; ".join(f"{keyword} in {count} of {n} files" for keyword, count in filled.items())
+    logger.warning(
+        "Series %s: empty or missing UIDs filled (SOP class and instance from the file meta, series and study "
+        "derived from shared tags): %s", series_uid, what,
+    )
 
 
 def _summaries(groups: dict[str, list[tuple[Path, Dataset]]]) -> list[SeriesSummary]:
@@ -230,7 +360,7 @@ def _summaries(groups: dict[str, list[tuple[Path, Dataset]]]) -> list[SeriesSumm
 
 
 def list_series(folder: str | Path) -> list[SeriesSummary]:
-    """List the CT Image Storage series under ``folder`` (recursively).
+    """List the CT Image Storage series under ``folder`` (recursively), localizers left out.
 
     Args:
         folder: folder to scan; file names do not matter.
@@ -239,13 +369,36 @@ def list_series(folder: str | Path) -> list[SeriesSummary]:
         UnreadableFileError: when a DICOM file cannot be parsed.
         NoSeriesError: when ``folder`` is not a folder.
     """
-    return _summaries(_scan(folder))
+    return _summaries(_scan(folder).groups)
 
 
 def _describe(summaries: list[SeriesSummary]) -> str:
     return "; ".join(
         f"{s.series_instance_uid} ({s.count} slices, #{s.series_number}, {s.description!r})" for s in summaries
     )
+
+
+def _choose_series(folder: str | Path, scan: _Scan, series_uid: str | None) -> str:
+    """The series to read: ``series_uid``, else the one with the most slices (the others logged)."""
+    if not scan.groups:
+        raise NoSeriesError(
+            f"No CT Image Storage series found in {folder}: found {scan.describe_found()} "
+            "(localizers, DICOMDIR and other SOP classes are skipped)."
+        )
+    summaries = _summaries(scan.groups)
+    if series_uid is not None:
+        if series_uid not in scan.groups:
+            raise NoSeriesError(f"CT series {series_uid} not found in {folder}; found: {_describe(summaries)}.")
+        return series_uid
+    chosen = max(summaries, key=lambda s: s.count)  # the first of equals, in the listing's order
+    others = [s for s in summaries if s is not chosen]
+    if others:
+        logger.warning(
+            "%s holds %d CT series; reading the one with the most slices, %s; not read: %s (pass series_uid=... "
+            "to choose another)", folder, len(summaries), _describe([chosen]), _describe(others),
+        )
+    return chosen.series_instance_uid
+
 
 
 # --------------------------------------------------------------------------- validation
@@ -448,7 +601,7 @@ def decode_slice(path: str | Path) -> DecodedSlice | None:
     path = Path(path)
     try:
         ds = _read(path)
-        if ds is None or _sop_class(ds) != CTImageStorage:
+        if ds is None or _sop_class(ds) != CTImageStorage or is_localizer(ds):
             return None
         out = np.empty((int(ds.Rows), int(ds.Columns)), dtype=np.float32)
         return DecodedSlice(header=_slice_hu(path, ds, str(ds.get("SeriesInstanceUID", "")), out), hu=out)
@@ -469,9 +622,9 @@ def read_series(
 
     Args:
         folder: folder holding the series (any file names; sub-folders are scanned; other
-            SOP classes and non-DICOM files are skipped).
-        series_uid: SeriesInstanceUID to read; required when the folder holds several CT
-            series (default None).
+            SOP classes, localizers, a DICOMDIR and non-DICOM files are skipped).
+        series_uid: SeriesInstanceUID to read (default None: the CT series with the most
+            slices; the others are logged).
         spacing_tolerance: allowed relative deviation of each slice step from the median
             step before slices are reported missing (default 0.05).
         lateral_tolerance_mm: allowed sideways offset of a slice from the line through slice 0
@@ -484,8 +637,8 @@ def read_series(
         The validated :class:`CTSeries`, slices sorted along the slice normal.
 
     Raises:
-        NoSeriesError: no CT series (or not ``series_uid``) in the folder.
-        MultipleSeriesError: several CT series and ``series_uid`` is None.
+        NoSeriesError: no CT series (or not ``series_uid``) in the folder; the message counts
+            what was found by SOP class and image type.
         UnreadableFileError: a DICOM file is truncated or cannot be parsed.
         MissingTagError: IPP, IOP, PixelSpacing, Rows/Columns or FrameOfReferenceUID is missing.
         InconsistentSeriesError: mixed orientation, pixel spacing, matrix size or frame of
@@ -497,21 +650,10 @@ def read_series(
     """
     if not 0 < spacing_tolerance < 1:
         raise ValueError(f"`spacing_tolerance` must be in (0, 1), got {spacing_tolerance}.")
-    groups = _scan(folder, decoded)
-    if not groups:
-        raise NoSeriesError(f"No CT Image Storage series found in {folder}.")
-    if series_uid is None:
-        if len(groups) > 1:
-            raise MultipleSeriesError(
-                f"{folder} holds {len(groups)} CT series: {_describe(_summaries(groups))}; "
-                "pass series_uid=... to choose one."
-            )
-        series_uid = next(iter(groups))
-    elif series_uid not in groups:
-        raise NoSeriesError(
-            f"CT series {series_uid} not found in {folder}; found: {_describe(_summaries(groups)) or 'none'}."
-        )
-    items = groups[series_uid]
+    scan = _scan(folder, decoded)
+    series_uid = _choose_series(folder, scan, series_uid)
+    _log_filled(scan, series_uid)
+    items = scan.groups[series_uid]
 
     iop, ipps = _check_consistency(items, series_uid)
     order = np.argsort(ipps @ slice_normal(iop), kind="stable")
