@@ -23,6 +23,7 @@ from monai.data import MetaTensor
 
 from vacseg_monai.inference import InferenceInput, OutputKind, SaveInferenceOutputsd
 from vacseg_monai.paths import default_bundle_root
+from vacseg_monai.quality import QualityConfig, QualityReport, assess_quality
 from vacseg_monai.transforms import is_slice_wise
 
 __all__ = ["BundleSegmenter", "Segmentation"]
@@ -38,11 +39,20 @@ class Segmentation:
 
     Attributes:
         labels: uint8 label map ``(rows, cols, n_slices)`` on the input grid.
-        timings: seconds per stage (``preprocess``, ``network``, ``resample_argmax``, ``clean_up``).
+        timings: seconds per stage (``preprocess``, ``network``, ``resample_argmax``, ``clean_up``, ``quality``).
+        quality: the quality score of each structure (:mod:`vacseg_monai.quality`); None when the bundle's
+            ``quality`` block is null.
     """
 
     labels: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    quality: QualityReport | None = None
+
+
+def _spacing(source: InferenceInput) -> tuple[float, float, float]:
+    """(row, col, slice) spacing in mm of the input's ``[row, col, slice]`` grid, from its affine."""
+    affine = np.asarray(source.affine, dtype=np.float64)
+    return tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
 
 
 class BundleSegmenter:
@@ -106,6 +116,8 @@ class BundleSegmenter:
         self.resample_argmax = parser.get_parsed_content("postprocessing#transforms#0")
         self.clean_up = parser.get_parsed_content("postprocessing#transforms#1")
         self.root_uid = parser.get_parsed_content("root_uid")
+        quality = parser.get_parsed_content("quality", default=None)
+        self.quality_config = None if quality is None else QualityConfig.from_mapping(quality)
         logger.info("Loaded bundle %s weights %s on %s", self.bundle, weights, self.device)
 
     @property
@@ -168,13 +180,18 @@ class BundleSegmenter:
         timings["clean_up"] = time.perf_counter() - start
         # A (rows, cols, n) view of slice-major memory, as the clean-up leaves it: each slice is contiguous.
         labels = np.asarray(data["pred"][0].cpu().numpy(), dtype=np.uint8)
+        quality = None
+        if self.quality_config is not None:
+            start = time.perf_counter()
+            quality = assess_quality(logits, labels, source.image[0].numpy(), _spacing(source), self.quality_config)
+            timings["quality"] = time.perf_counter() - start
         logger.info(
             "Segmented %s in %.2f s (%s)",
             source.path,
             sum(timings.values()),
             ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()),
         )
-        return Segmentation(labels=labels, timings=timings)
+        return Segmentation(labels=labels, timings=timings, quality=quality)
 
     def write(
         self,
