@@ -21,7 +21,9 @@ from vacseg_monai.dicom.synthetic import write_ct_series
 from vacseg_monai.labels import LABELS, num_classes
 from vacseg_monai.paths import default_bundle_root
 from vacseg_monai.phantom import generate_phantom
-from vacseg_monai.service.processor import QA_PICTURE, TIMINGS_FILE, BundleProcessor
+from vacseg_monai.quality import QualityReport, StructureQuality
+from vacseg_monai.service.processor import QA_PICTURE, TIMINGS_FILE, BundleProcessor, _qa_slices
+from vacseg_monai.service.worker import QUALITY_FILE
 
 TINY = {"channels": [4, 8, 16], "spatial_size": 32}
 
@@ -66,8 +68,11 @@ def test_processor_writes_rtstruct_seg_qa_and_timings(tmp_path, tiny_weights, ct
     assert [roi.ROIName for roi in rtstruct.StructureSetROISequence] == [label.name for label in LABELS]
 
     timings = json.loads((job_dir / TIMINGS_FILE).read_text())
-    assert set(timings) == {"read", "preprocess", "network", "resample_argmax", "clean_up", "write"}
+    assert set(timings) == {"read", "preprocess", "network", "resample_argmax", "clean_up", "quality", "write"}
     assert all(value >= 0 for value in timings.values())
+    quality = json.loads((job_dir / QUALITY_FILE).read_text())
+    assert list(quality["structures"]) == [label.name for label in LABELS]
+    assert quality["flagged"] == [n for n, s in quality["structures"].items() if s["score"] < quality["threshold"]]
 
     # The QA picture is drawn after the export, off the time the TPS waits for; only for the job just segmented.
     assert not (job_dir / QA_PICTURE).exists()
@@ -77,6 +82,24 @@ def test_processor_writes_rtstruct_seg_qa_and_timings(tmp_path, tiny_weights, ct
     processor.after_export(job_dir)
     assert (job_dir / QA_PICTURE).stat().st_size > 10_000
     assert json.loads((job_dir / TIMINGS_FILE).read_text())["qa_picture_after_export"] > 0
+
+
+def test_qa_picture_shows_flagged_slices_first():
+    labels = np.zeros((8, 8, 20), np.uint8)
+    labels[2:6, 2:6, 4:16] = 3
+    report = QualityReport(
+        structures={
+            "Vacbag": StructureQuality("Vacbag", 0.2, True, ["x"], flagged_slices=[17, 18]),
+            "Couch": StructureQuality("Couch", 0.9, False, [], flagged_slices=[1]),
+            "Body": StructureQuality("Body", 0.3, True, ["y"], flagged_slices=[18]),
+        },
+        input_reasons=[],
+        threshold=0.5,
+    )
+    picks = _qa_slices(labels, report, 4)
+    assert picks[:2] == [(17, ["Vacbag"]), (18, ["Vacbag", "Body"])]
+    assert [k for k, names in picks[2:]] == [4, 8] and all(not names for _, names in picks[2:])
+    assert [k for k, _ in _qa_slices(labels, None, 4)] == [4, 8, 11, 15]
 
 
 def test_processor_refuses_a_folder_without_dicom(tmp_path, tiny_weights):

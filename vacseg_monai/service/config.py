@@ -11,6 +11,7 @@ the command line win over the file.
 from __future__ import annotations
 
 import argparse
+import enum
 import logging
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -25,6 +26,7 @@ __all__ = [
     "Destination",
     "NodeConfig",
     "OutputKind",
+    "ReviewPolicy",
     "build_argument_parser",
     "config_from_namespace",
     "parse_bool",
@@ -53,6 +55,22 @@ class Destination:
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class ReviewPolicy(str, enum.Enum):
+    """What the node does with a result whose quality score flags a structure."""
+
+    SEND = "send"
+    HOLD = "hold"
+    SEND_MARKED = "send-marked"
+
+    @classmethod
+    def coerce(cls, value: str | ReviewPolicy) -> ReviewPolicy:
+        """Parse a policy name, naming the choices when it is not one."""
+        try:
+            return cls(getattr(value, "value", value))
+        except ValueError:
+            raise ValueError(f"`review_policy` must be one of {[p.value for p in cls]}, got {value!r}.") from None
 
 
 @dataclass
@@ -91,6 +109,10 @@ class NodeConfig:
         worker_nice: how much lower the worker's CPU priority is than the SCP's (``nice`` increment, 0-19;
             default 10): receiving and acknowledging images goes first when both want the processor,
             and the worker has every spare cycle. 0 runs both alike.
+        review_policy: what the node does with a result whose quality score flags a structure:
+            ``send`` it as any other (default), ``hold`` it in the ``review`` state until
+            ``--approve``/``--reject``, or ``send-marked`` with the flagged ROI names suffixed.
+        review_suffix: the suffix of ``send-marked`` (default ``" CHECK"``); names stay within 64 characters.
         log_level: logging level name for :func:`logging.basicConfig` (default INFO).
     """
 
@@ -120,6 +142,8 @@ class NodeConfig:
     export_retry_max: float = 30.0
     modalities: list[str] = field(default_factory=lambda: ["CT"])
     worker_nice: int = 10
+    review_policy: ReviewPolicy = ReviewPolicy.SEND
+    review_suffix: str = " CHECK"
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -130,6 +154,9 @@ class NodeConfig:
             self.destination = parse_destination(self.destination)
         self.output = OutputKind(self.output)
         self.export_series = parse_bool(self.export_series)
+        self.review_policy = ReviewPolicy.coerce(self.review_policy)
+        if not 0 < len(str(self.review_suffix)) <= 16 or "\\" in str(self.review_suffix):
+            raise ValueError(f"`review_suffix` must be 1 to 16 characters without a backslash, got {self.review_suffix!r}.")
         if self.root_uid is not None:
             try:
                 root = sanitize_uid(str(self.root_uid).rstrip("."), what="root_uid")
@@ -249,6 +276,8 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="FILE", type=Path, help="TOML file with any of the long options below (keys with - or _); command-line options win")
     parser.add_argument("--status", action="store_true", help="list the jobs in the output directory with their states and exit")
+    parser.add_argument("--approve", metavar="JOB", help="send a job held in review (--review-policy hold) and exit; a running node sends it at once")
+    parser.add_argument("--reject", metavar="JOB", help="reject a job held in review: its results are kept but never sent; then exit")
     verb = parser.add_mutually_exclusive_group()
     verb.add_argument("-q", "--quiet", dest="log_level", action="store_const", const="WARNING", help="quiet mode, print warnings and errors only")
     verb.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="INFO", help="verbose mode, print processing details (default)")
@@ -283,6 +312,8 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
     proc.add_argument("--processor", metavar="MODULE:FACTORY", help=f"factory creating the processing callable in the worker (default {DEFAULT_PROCESSOR})")
     proc.add_argument("--series-timeout", dest="series_timeout", type=float, metavar="SEC", help="a series is complete this many seconds after the last association that sent to it ended, if nothing more arrives; 0 = at release (default 0)")
     proc.add_argument("--worker-nice", dest="worker_nice", type=int, metavar="N", help="lower the worker's CPU priority by N (nice, 0-19) so that receiving goes first when both want the processor (default 10)")
+    proc.add_argument("--review-policy", dest="review_policy", choices=[p.value for p in ReviewPolicy], help="a result with a flagged structure is sent as any other (send, default), held until --approve/--reject (hold), or sent with the flagged ROI names suffixed (send-marked)")
+    proc.add_argument("--review-suffix", dest="review_suffix", metavar="TEXT", help="ROI name suffix of --review-policy send-marked (default ' CHECK')")
     proc.add_argument("--modalities", action="append", metavar="MOD", help="modality accepted for processing (repeatable; default CT); other series end as failed jobs")
 
     tls = parser.add_argument_group("TLS")
@@ -292,7 +323,7 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-_CLI_ONLY = {"config", "status", "port_positional", "scu_ip", "scu_port"}
+_CLI_ONLY = {"config", "status", "approve", "reject", "port_positional", "scu_ip", "scu_port"}
 
 
 def _load_toml(path: Path) -> dict:

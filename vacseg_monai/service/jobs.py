@@ -15,10 +15,12 @@ States::
 
     received -> queued -> inferring -> exporting -> done
          \\          \\          \\            \\-> failed (reason recorded)
+                               \\-> review -> exporting (approved) | rejected
 
 ``inferring`` and ``exporting`` may be re-entered when a restarted node resumes
-a job; ``done`` and ``failed`` are final, so a finished job is never exported
-again.
+a job; ``done``, ``failed`` and ``rejected`` are final, so a finished job is never
+exported again. ``review`` holds a doubtful result (review policy ``hold``) until a
+person approves or rejects it; like every state it survives restarts.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class JobState(str, enum.Enum):
     EXPORTING = "exporting"
     DONE = "done"
     FAILED = "failed"
+    REVIEW = "review"
+    REJECTED = "rejected"
 
 
 PENDING_STATES = (JobState.QUEUED, JobState.INFERRING, JobState.EXPORTING)
@@ -68,10 +72,12 @@ PENDING_STATES = (JobState.QUEUED, JobState.INFERRING, JobState.EXPORTING)
 _ALLOWED: dict[JobState, tuple[JobState, ...]] = {
     JobState.RECEIVED: (JobState.QUEUED, JobState.FAILED),
     JobState.QUEUED: (JobState.INFERRING, JobState.FAILED),
-    JobState.INFERRING: (JobState.INFERRING, JobState.EXPORTING, JobState.DONE, JobState.FAILED),
+    JobState.INFERRING: (JobState.INFERRING, JobState.EXPORTING, JobState.DONE, JobState.FAILED, JobState.REVIEW),
     JobState.EXPORTING: (JobState.EXPORTING, JobState.DONE, JobState.FAILED),
+    JobState.REVIEW: (JobState.EXPORTING, JobState.DONE, JobState.REJECTED),
     JobState.DONE: (),
     JobState.FAILED: (),
+    JobState.REJECTED: (),
 }
 
 
@@ -96,6 +102,7 @@ class Job:
         outputs: files to export, relative to the job directory.
         attempts: how many times inference was started (a crash loop guard).
         history: ``{"state", "time"}`` entries, oldest first.
+        quality: the result's quality block (:meth:`vacseg_monai.quality.QualityReport.as_dict`), once scored.
     """
 
     job_id: str
@@ -110,6 +117,7 @@ class Job:
     outputs: list[str] = field(default_factory=list)
     attempts: int = 0
     history: list[dict] = field(default_factory=list)
+    quality: dict | None = None
 
     def to_dict(self) -> dict:
         """Return the JSON-serialisable record."""
@@ -327,7 +335,7 @@ class JobStore:
             entry["reason"] = reason
         job.history.append(entry)
         self.save(job)
-        log = logger.warning if state is JobState.FAILED else logger.info
+        log = logger.warning if state in (JobState.FAILED, JobState.REVIEW, JobState.REJECTED) else logger.info
         log("Job %s -> %s%s", job_id, state.value, f" ({reason})" if reason else "")
         return job
 
@@ -352,19 +360,28 @@ class JobStore:
         return [job for job in self.jobs() if job.state in states]
 
 
+def _quality_column(quality: dict | None) -> str:
+    """``"Vacbag 0.31! Couch 0.98 Body 0.99"``: each structure's score, flagged ones marked ``!``."""
+    if not quality:
+        return "-"
+    return " ".join(
+        f"{name} {s['score']:.2f}{'!' if s['flagged'] else ''}" for name, s in quality.get("structures", {}).items()
+    )
+
+
 def format_status(jobs: list[Job]) -> str:
     """Return a plain-text table of jobs for ``serve_scp.py --status``.
 
     Args:
         jobs: jobs to list, usually :meth:`JobStore.jobs`.
     """
-    header = f"{'JOB':<27} {'STATE':<9} {'N':>4} {'UPDATED':<19} {'SERIES':<40} REASON"
+    header = f"{'JOB':<27} {'STATE':<9} {'N':>4} {'UPDATED':<19} {'SERIES':<40} {'QUALITY':<34} REASON"
     lines = [header]
     for job in jobs:
         updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.updated))
         lines.append(
             f"{job.job_id:<27} {job.state.value:<9} {job.n_instances:>4} {updated:<19} "
-            f"{job.series_uid:<40} {job.reason or ''}"
+            f"{job.series_uid:<40} {_quality_column(job.quality):<34} {job.reason or ''}"
         )
     if not jobs:
         lines.append("(no jobs)")

@@ -2,9 +2,11 @@
 
 The worker calls :class:`BundleProcessor` once per job with the job's series
 folder; it writes the results under ``<job>/output`` and returns the DICOM files
-to export. Beside the job record it leaves ``timings.json`` (seconds per stage)
-and, once the results are sent (``after_export``, off the TPS's waiting time),
-``qa.png``: contours drawn on a few slices, for a person to glance at.
+to export. Beside the job record it leaves ``timings.json`` (seconds per stage),
+``quality.json`` (the quality score of each structure, which the worker copies
+into the job record and which decides the review policy) and, once the results
+are sent (``after_export``, off the TPS's waiting time), ``qa.png``: contours
+drawn on a few slices, flagged slices first, for a person to glance at.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import torch
 from vacseg_monai.dicom.series import DecodedSlice, decode_slice
 from vacseg_monai.inference import InferenceInput, InputKind, OutputKind, load_input
 from vacseg_monai.qa import OverlayPanel, save_overlay_montage
+from vacseg_monai.quality import QualityReport
 from vacseg_monai.segmenter import BundleSegmenter
 from vacseg_monai.service.jobs import write_atomic
+from vacseg_monai.service.worker import QUALITY_FILE
 
 __all__ = ["BundleProcessor", "QA_PICTURE", "TIMINGS_FILE", "save_qa_picture"]
 
@@ -49,8 +53,33 @@ def _write_timings(job_dir: Path, timings: dict[str, float]) -> None:
     write_atomic(job_dir / TIMINGS_FILE, data)  # readers never see half a file
 
 
-def save_qa_picture(image: np.ndarray, labels: np.ndarray, path: Path, *, title: str, n_panels: int = 4) -> Path:
-    """Write a montage of ``n_panels`` slices spread over the labelled range, contours on the CT.
+def _qa_slices(labels: np.ndarray, quality: QualityReport | None, n_panels: int) -> list[tuple[int, list[str]]]:
+    """Slices to draw, flagged ones first (with the structures flagged there), then spread over the labelled range."""
+    flagged: dict[int, list[str]] = {}
+    for name, s in (quality.structures.items() if quality is not None else ()):
+        if s.flagged:
+            for k in s.flagged_slices:
+                flagged.setdefault(k, []).append(name)
+    ordered = sorted(flagged)
+    first = [ordered[i] for i in np.linspace(0, len(ordered) - 1, min(n_panels, len(ordered))).round().astype(int)]
+    first = list(dict.fromkeys(first))
+    labelled = np.flatnonzero(labels.any(axis=(0, 1)))
+    candidates = labelled if labelled.size else np.arange(labels.shape[2])
+    rest = [int(k) for k in candidates[np.linspace(0, candidates.size - 1, n_panels).round().astype(int)]]
+    picks = first + [k for k in dict.fromkeys(rest) if k not in first]
+    return [(k, flagged.get(k, [])) for k in picks[:n_panels]]
+
+
+def save_qa_picture(
+    image: np.ndarray,
+    labels: np.ndarray,
+    path: Path,
+    *,
+    title: str,
+    n_panels: int = 4,
+    quality: QualityReport | None = None,
+) -> Path:
+    """Write a montage of ``n_panels`` slices, contours on the CT: flagged slices first, then the labelled range.
 
     Args:
         image: CT in HU ``(rows, cols, n)``.
@@ -58,14 +87,20 @@ def save_qa_picture(image: np.ndarray, labels: np.ndarray, path: Path, *, title:
         path: PNG to write.
         title: figure title.
         n_panels: slices shown (default 4).
+        quality: the structures' quality scores, shown under the title; their flagged slices come first,
+            marked "FLAGGED" (default None).
     """
-    labelled = np.flatnonzero(labels.any(axis=(0, 1)))
-    candidates = labelled if labelled.size else np.arange(labels.shape[2])
-    picks = np.unique(candidates[np.linspace(0, candidates.size - 1, n_panels).round().astype(int)])
+    n = labels.shape[2]
     panels = [
-        OverlayPanel(image=image[:, :, k], contours=labels[:, :, k], title=f"slice {k + 1}/{labels.shape[2]}")
-        for k in picks
+        OverlayPanel(
+            image=image[:, :, k],
+            contours=labels[:, :, k],
+            title=f"slice {k + 1}/{n}" + (f"  FLAGGED: {', '.join(names)}" if names else ""),
+        )
+        for k, names in _qa_slices(labels, quality, n_panels)
     ]
+    if quality is not None:
+        title = f"{title}\nquality: {quality.summary()}  (! = flagged, threshold {quality.threshold:g})"
     return save_overlay_montage(panels, path, suptitle=title, contours_name="auto contour")
 
 
@@ -80,6 +115,9 @@ class BundleProcessor:
         ckpt_path: weights (default: the bundle's ``models/model.pt``).
         qa_picture: write ``qa.png`` per job (default True).
         overrides: bundle config overrides, e.g. ``{"sw_batch_size": 32}`` (TOML ``[processor_args]``).
+        review_policy: the node's review policy; ``send-marked`` suffixes the ROI names of flagged structures
+            (default ``send``).
+        review_suffix: that suffix (default ``" CHECK"``).
         **_: other worker arguments, ignored.
     """
 
@@ -93,6 +131,8 @@ class BundleProcessor:
         ckpt_path: str | os.PathLike[str] | None = None,
         qa_picture: bool = True,
         overrides: dict | None = None,
+        review_policy: str = "send",
+        review_suffix: str = " CHECK",
         **_: object,
     ) -> None:
         self.output = OutputKind.coerce(getattr(output, "value", output))
@@ -100,7 +140,9 @@ class BundleProcessor:
             raise ValueError("The node must produce RTSTRUCT and/or SEG: `output` 'none' sends nothing back.")
         self.root_uid = root_uid
         self.qa_picture = qa_picture
-        self._pending_qa: tuple[Path, np.ndarray, np.ndarray, str] | None = None
+        self.mark_flagged = review_policy == "send-marked"
+        self.review_suffix = review_suffix
+        self._pending_qa: tuple[Path, np.ndarray, np.ndarray, str, QualityReport | None] | None = None
         # Series folders still arriving -> what `prefetch` did with their files so far, oldest first.
         self._ahead: OrderedDict[Path, _Ahead] = OrderedDict()
         self.segmenter = BundleSegmenter(bundle, ckpt_path=ckpt_path, device=device, overrides=overrides)
@@ -193,9 +235,12 @@ class BundleProcessor:
         )
         timings["write"] = time.perf_counter() - start
         _write_timings(job_dir, timings)
+        if result.quality is not None:
+            write_atomic(job_dir / QUALITY_FILE, json.dumps(result.quality.as_dict(), indent=1).encode())
         if self.qa_picture:
             uid = source.series.series_instance_uid if source.series is not None else source.name
-            self._pending_qa = (job_dir, source.image[0].cpu().numpy(), result.labels, f"series {uid}")
+            self._pending_qa = (job_dir, source.image[0].cpu().numpy(), result.labels, f"series {uid}",
+                                result.quality)  # fmt: skip
         return written
 
     def after_export(self, job_dir: Path) -> None:
@@ -203,9 +248,9 @@ class BundleProcessor:
         pending, self._pending_qa = self._pending_qa, None
         if pending is None or pending[0] != job_dir:
             return
-        _, image, labels, title = pending
+        _, image, labels, title, quality = pending
         start = time.perf_counter()
-        save_qa_picture(image, labels, job_dir / QA_PICTURE, title=title)
+        save_qa_picture(image, labels, job_dir / QA_PICTURE, title=title, quality=quality)
         timings = json.loads((job_dir / TIMINGS_FILE).read_text())
         timings["qa_picture_after_export"] = time.perf_counter() - start
         _write_timings(job_dir, timings)

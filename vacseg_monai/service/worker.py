@@ -23,22 +23,25 @@ import importlib
 import logging
 import multiprocessing
 import multiprocessing.connection
+import json
 import os
 import threading
 from pathlib import Path
 from typing import Callable, Protocol
 
-from vacseg_monai.service.config import NodeConfig
+from vacseg_monai.service.config import NodeConfig, ReviewPolicy
 from vacseg_monai.service.jobs import PENDING_STATES, Job, JobState, JobStore
 
 __all__ = [
     "MAX_ATTEMPTS",
+    "QUALITY_FILE",
     "Processor",
     "ProcessorError",
     "StandInProcessor",
     "WorkerProcess",
     "check_modalities",
     "load_processor",
+    "load_quality",
     "process_job",
     "worker_main",
 ]
@@ -46,6 +49,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+#: Where a processor leaves the result's quality block (:meth:`vacseg_monai.quality.QualityReport.as_dict`).
+QUALITY_FILE = "quality.json"
 #: Message tag: the SCP started receiving a job (``(RECEIVING, job_id)`` on the worker's pipe).
 RECEIVING = "receiving"
 #: Seconds the worker waits for a message between looks at series that are still arriving.
@@ -193,6 +198,24 @@ class StandInProcessor:
         return [path]
 
 
+def load_quality(job_dir: Path) -> dict | None:
+    """The quality block the processor left in ``<job>/quality.json`` (None when it scores nothing).
+
+    Raises:
+        ProcessorError: if the file exists but is not a JSON object.
+    """
+    path = job_dir / QUALITY_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ProcessorError(f"Cannot read the quality block {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProcessorError(f"{path} must hold a JSON object, got {type(data).__name__}.")
+    return data
+
+
 def _fail(store: JobStore, job: Job, reason: str) -> Job:
     return store.transition(job.job_id, JobState.FAILED, reason=reason)
 
@@ -230,15 +253,23 @@ def process_job(
             missing = [str(p) for p in outputs if not p.is_file()]
             if missing:
                 raise ProcessorError(f"Processor returned files that do not exist: {missing[:3]}")
+            quality = load_quality(job_dir)
         except Exception as exc:
             logger.exception("Processing job %s (series %s) failed", job_id, job.series_uid)
             return _fail(store, job, f"{type(exc).__name__}: {exc}")
         relative = [os.path.relpath(p.resolve(), job_dir.resolve()) for p in outputs]
+        flagged = (quality or {}).get("flagged", [])
+        if flagged and config.review_policy is ReviewPolicy.HOLD:
+            return store.transition(job_id, JobState.REVIEW, outputs=relative, quality=quality,
+                                    reason=f"held for review: {', '.join(flagged)} flagged by the quality score")
         if config.destination is None:
             logger.info("Job %s: no destination configured, results kept in %s", job_id, job_dir)
             _after_export(processor, job_dir)
-            return store.transition(job_id, JobState.DONE, outputs=relative)
-        job = store.transition(job_id, JobState.EXPORTING, outputs=relative)
+            return store.transition(job_id, JobState.DONE, outputs=relative, quality=quality)
+        job = store.transition(job_id, JobState.EXPORTING, outputs=relative, quality=quality)
+    if job.state is JobState.EXPORTING and config.destination is None:  # approved after review, nowhere to send
+        logger.info("Job %s: no destination configured, results kept in %s", job_id, job_dir)
+        return store.transition(job_id, JobState.DONE)
     if job.state is JobState.EXPORTING:
         files = [job_dir / p for p in job.outputs]
         if config.export_series:
@@ -308,6 +339,8 @@ def worker_main(config: NodeConfig, conn: multiprocessing.connection.Connection,
             bundle=config.bundle,
             output=config.output.value,
             root_uid=config.root_uid,
+            review_policy=config.review_policy.value,
+            review_suffix=config.review_suffix,
             **config.processor_args,
         )
     except ProcessorError:
