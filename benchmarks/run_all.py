@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import real_ct_check
 from benchmarks.common import PYTHON, REPO_ROOT, RESULTS_DIR, machine_info
 
 __all__ = ["BENCHMARKS", "main", "render_charts", "render_report", "run_benchmark"]
@@ -39,6 +40,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "training": ("benchmarks.bench_training", ["--repeats", "5", "--steps", "10"], ["--repeats", "2", "--steps", "4"]),
     "memory": ("benchmarks.bench_memory", [], ["--slices", "100", "--instances", "200", "--large-size", "2048"]),
     "rtstruct": ("benchmarks.bench_rtstruct", ["--repeats", "5"], ["--repeats", "1"]),
+    "real_ct": ("benchmarks.real_ct_check", [], []),
 }
 
 
@@ -465,6 +467,12 @@ def render_report(data: dict[str, dict[str, Any]], machine: dict[str, Any], comm
                 f"{rt['file_bytes'] / 1e6:.1f} MB; medians of {rt['repeats']}: write {rt['write_s_median']:.3f} s, "
                 f"write + save {rt['write_and_save_s_median']:.3f} s, read back {rt['read_s_median']:.3f} s "
                 f"(round trip exact: {rt['round_trip_exact']}).", ""]
+
+    if "real_ct" in data:
+        out += real_ct_check.render_section(data["real_ct"])
+        idea = real_ct_check.failure_summary(data["real_ct"])
+        if idea:
+            ideas.append(idea)
 
     out += ["## What could help", ""]
     out += [f"- {idea}" for idea in ideas] or ["- All targets met in this run."]

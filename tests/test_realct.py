@@ -159,6 +159,8 @@ def test_one_real_slice_through_the_bundle(segmenter, tmp_path):
     assert check.shape == (512, 512, 1)
     assert check.spacing == pytest.approx((0.859375, 0.859375, realct.NOMINAL_SLICE_THICKNESS_MM))
     assert (check.source, check.licence, check.used_in_training) == ("pydicom-data 1.0.0", "MIT", False)
+    assert check.notes[0] == "states no slice thickness; read as 5 mm"
+    assert check.notes[1].startswith("stored with rows running anterior")  # its IOP column direction is (0, -1, 0)
     m = check.metrics
     assert 0.5 < m.body_dice <= 1.0
     assert m.reference_body_cm3 == pytest.approx(m.body_cm3, rel=0.2)

@@ -45,7 +45,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,7 +53,7 @@ import numpy as np
 from scipy import ndimage
 
 from vacseg_monai.labels import label_by_name
-from vacseg_monai.public_data import PACKAGES, SCANS, ScanKind, scan_path
+from vacseg_monai.public_data import PACKAGES, SCANS, ScanKind, cache_dir, scan_path
 
 if TYPE_CHECKING:
     from vacseg_monai.inference import InferenceInput
@@ -263,7 +263,7 @@ def _nrrd_as_nifti(path: Path) -> object:
     return nib.Nifti1Image(data, affine)
 
 
-def _single_file_folder(path: Path, dest: Path) -> Path:
+def _single_file_folder(path: Path, dest: Path, notes: list[str]) -> Path:
     """Copy one DICOM slice into a folder of its own, stating a nominal slice thickness if it has none."""
     import pydicom
 
@@ -272,13 +272,19 @@ def _single_file_folder(path: Path, dest: Path) -> Path:
     if not ds.get("SliceThickness") and not ds.get("SpacingBetweenSlices"):
         logger.info("%s states no slice thickness; the check gives its copy %g mm", path, NOMINAL_SLICE_THICKNESS_MM)
         ds.SliceThickness = NOMINAL_SLICE_THICKNESS_MM
+        notes.append(f"states no slice thickness; read as {NOMINAL_SLICE_THICKNESS_MM:g} mm")
         ds.save_as(dest / path.name)
     else:
         shutil.copy2(path, dest / path.name)
     return dest
 
 
-def load_real_scan(key: str, workdir: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None) -> InferenceInput:
+def load_real_scan(
+    key: str,
+    workdir: str | os.PathLike[str],
+    cache: str | os.PathLike[str] | None = None,
+    notes: list[str] | None = None,
+) -> InferenceInput:
     """Read one public scan with :func:`vacseg_monai.inference.load_input`, as ``run inference`` would.
 
     - a DICOM folder is read as it is (the series reader, its affine and orientation as stored);
@@ -292,6 +298,7 @@ def load_real_scan(key: str, workdir: str | os.PathLike[str], cache: str | os.Pa
         key: a key of :data:`vacseg_monai.public_data.SCANS`.
         workdir: scratch folder for converted copies.
         cache: public data cache (default :func:`vacseg_monai.public_data.cache_dir`).
+        notes: if given, what was assumed while reading is appended to it.
 
     Raises:
         vacseg_monai.public_data.PublicDataError: unknown key or the package cannot be fetched.
@@ -308,7 +315,7 @@ def load_real_scan(key: str, workdir: str | os.PathLike[str], cache: str | os.Pa
     if kind is ScanKind.DICOM_FOLDER:
         return load_input(path)
     if kind is ScanKind.DICOM_FILE:
-        return load_input(_single_file_folder(path, work / "dicom"))
+        return load_input(_single_file_folder(path, work / "dicom", notes if notes is not None else []))
     image = nib.load(str(path)) if kind is ScanKind.NIFTI else _nrrd_as_nifti(path)
     return load_input(_display_order_nifti(image, work / f"{key}.nii.gz"))
 
@@ -329,6 +336,7 @@ class ScanCheck:
         error: why not (``"not readable: ..."``), else None.
         picture: the PNG written, if any.
         seconds: time to load, segment and measure.
+        notes: what was assumed while reading, and what the model was given (e.g. the couch at the top).
     """
 
     key: str
@@ -342,6 +350,7 @@ class ScanCheck:
     error: str | None = None
     picture: Path | None = None
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
 
 def _picture_slices(labels: np.ndarray, body: np.ndarray, count: int) -> list[int]:
@@ -381,8 +390,9 @@ def save_check_picture(
     contour = np.where(reference, label_by_name("Body").value, 0).astype(np.uint8)
     panels = [OverlayPanel(image=hu[:, :, k], labels=labels[:, :, k], contours=contour[:, :, k], title=f"slice {k}")
               for k in _picture_slices(labels, reference, n_slices)]
+    # At least 10 inches wide, so that the legend fits below a single slice.
     return save_overlay_montage(panels, path, labels_name="model", contours_name="reference body", suptitle=title,
-                                panel_inches=2.6, dpi=90)
+                                panel_inches=max(2.6, 10.0 / len(panels)), dpi=90)
 
 
 def check_scan(
@@ -415,23 +425,29 @@ def check_scan(
                        description=scan.description, used_in_training=key in TRAINING_SCANS)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="realct-") as tmp:
+        work = Path(workdir if workdir is not None else tmp)
         try:
-            source = load_real_scan(key, workdir if workdir is not None else tmp, cache)
+            source = load_real_scan(key, work, cache, result.notes)
         except (ValueError, OSError, RuntimeError) as exc:
             logger.warning("%s: not readable: %s", key, exc)
-            result.error = f"not readable: {exc}"
+            # Folders of this machine are named by role, so that the report can be published.
+            text = str(exc).replace(str(Path(cache) if cache is not None else cache_dir()), "<cache>")
+            result.error = "not readable: " + text.replace(str(work), "<work>")
             result.seconds = time.perf_counter() - start
             return result
         hu = np.asarray(source.image[0].cpu().numpy(), dtype=np.float32)
         result.shape = tuple(int(s) for s in hu.shape)
         result.spacing = voxel_spacing(source.affine)
+        if source.affine[1, 0] > 0:  # RAS: rows run to anterior
+            result.notes.append("stored with rows running anterior (the couch at the top of the image); "
+                                "segmented as stored, as the node does")
         labels = segmenter.segment(source).labels
     reference = reference_body(hu, result.spacing)
     result.metrics = real_ct_metrics(labels, reference, result.spacing)
     if picture_dir is not None:
         m = result.metrics
-        title = (f"{key} ({result.source}): Vacbag {m.vacbag_cm3:.1f} cm3, Couch {m.couch_cm3:.1f} cm3 "
-                 f"({100 * m.couch_inside_body_share:.1f} % inside body), Body Dice {m.body_dice:.3f}")
+        title = (f"{key}: Vacbag {m.vacbag_cm3:.1f} cm3, Couch {m.couch_cm3:.1f} cm3 "
+                 f"({100 * m.couch_inside_body_share:.1f} % in body), Body Dice {m.body_dice:.3f}")
         result.picture = save_check_picture(hu, labels, reference, Path(picture_dir) / f"real_ct_{key}.png", title)
     result.seconds = time.perf_counter() - start
     logger.info("%s: %s in %.1f s", key, result.metrics, result.seconds)
