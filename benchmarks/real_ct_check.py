@@ -9,6 +9,10 @@ against the reference body. A scan that cannot be read is reported as "not reada
 One PNG per scan goes to ``--pictures`` (default ``docs/``).
 
     .venv/bin/python -m benchmarks.real_ct_check [--bundle DIR] [--ckpt MODEL.pt] [--scans KEY ...] [--out FILE]
+    .venv/bin/python -m benchmarks.real_ct_check --update-docs   # also rewrite the bundle README's table
+
+``--update-docs`` rewrites the part of the bundle's ``docs/README.md`` between
+``<!-- real-ct:begin -->`` and ``<!-- real-ct:end -->``.
 """
 
 from __future__ import annotations
@@ -16,15 +20,21 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import REPO_ROOT, emit, machine_info, table
 
-__all__ = ["DEFAULT_SCANS", "failure_summary", "main", "render_section", "run", "table_lines"]
+__all__ = ["DEFAULT_SCANS", "DOCS_BEGIN", "DOCS_END", "failure_summary", "main", "render_section", "run", "table_lines",
+           "update_bundle_readme"]
 
 logger = logging.getLogger(__name__)
+
+#: Markers around the generated part of the bundle README's "Real CT check" section.
+DOCS_BEGIN = "<!-- real-ct:begin -->"
+DOCS_END = "<!-- real-ct:end -->"
 
 #: The scans checked by default (keys of vacseg_monai.public_data.SCANS).
 DEFAULT_SCANS = (
@@ -162,6 +172,23 @@ def failure_summary(result: dict[str, Any]) -> str | None:
             "and more varied phantoms and a retrained bundle.")
 
 
+def update_bundle_readme(result: dict[str, Any], readme: Path, command: str) -> None:
+    """Rewrite the table between :data:`DOCS_BEGIN` and :data:`DOCS_END` of the bundle README.
+
+    Raises:
+        ValueError: if the README lacks the markers.
+    """
+    text = readme.read_text()
+    if DOCS_BEGIN not in text or DOCS_END not in text:
+        raise ValueError(f"{readme} has no {DOCS_BEGIN} ... {DOCS_END} markers; add them where the table goes.")
+    prefix = os.path.relpath(REPO_ROOT / "docs", readme.parent) + "/"
+    machine = result["machine"]
+    body = [f"Checkpoint `{result['weights']}`, {machine['date']}, torch {machine['torch']}, MONAI {machine['monai']}; "
+            "produced by", "", f"    {command}", "", *table_lines(result, prefix)]
+    head, rest = text.split(DOCS_BEGIN, 1)
+    readme.write_text(head + DOCS_BEGIN + "\n" + "\n".join(body).strip() + "\n" + DOCS_END + rest.split(DOCS_END, 1)[1])
+
+
 def main(args: list[str] | None = None) -> int:
     """Command line; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,6 +197,7 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--scans", nargs="+", default=list(DEFAULT_SCANS), help="public scan keys to check")
     parser.add_argument("--pictures", type=Path, default=REPO_ROOT / "docs", help="PNG folder (default docs)")
     parser.add_argument("--out", default=None, help="write the JSON here too")
+    parser.add_argument("--update-docs", action="store_true", help="rewrite the table in the bundle's docs/README.md")
     opts = parser.parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     result = run(opts.scans, opts.bundle, opts.ckpt, opts.pictures)
@@ -178,6 +206,9 @@ def main(args: list[str] | None = None) -> int:
              _verdict(r).replace("**", "")] for r in result["scans"]]
     emit(result, table(rows, ["scan", "shape", "Vacbag cm3", "Couch cm3", "Couch in body", "Body Dice", "result"]),
          opts.out)
+    if opts.update_docs:
+        readme = Path(result["bundle"]) if Path(result["bundle"]).is_absolute() else REPO_ROOT / result["bundle"]
+        update_bundle_readme(result, readme / "docs" / "README.md", "python -m benchmarks.real_ct_check --update-docs")
     return 0
 
 

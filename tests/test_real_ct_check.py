@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.real_ct_check import failure_summary, render_section
 from benchmarks.run_all import render_report
 from tests.test_benchmarks import MACHINE
@@ -51,3 +53,19 @@ def test_failures_go_to_what_could_help_in_the_report():
     assert "`python -m benchmarks.real_ct_check` (40 s)" in report
     passing = {**RESULT, "scans": [_row("lung2", 0.4)]}
     assert failure_summary(passing) is None
+
+
+def test_bundle_readme_table_is_rewritten_between_its_markers(tmp_path):
+    from benchmarks.real_ct_check import DOCS_BEGIN, DOCS_END, update_bundle_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Bundle\n## Real CT check\n{DOCS_BEGIN}\nold table\n{DOCS_END}\n## References\n")
+    update_bundle_readme(RESULT, readme, "python -m benchmarks.real_ct_check --update-docs")
+    text = readme.read_text()
+    assert "old table" not in text
+    assert text.index(DOCS_BEGIN) < text.index("| lung1 | pyradiomics 3.1.0") < text.index(DOCS_END)
+    assert "    python -m benchmarks.real_ct_check --update-docs" in text
+    assert text.endswith(f"{DOCS_END}\n## References\n")
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="has no <!-- real-ct:begin --> ... <!-- real-ct:end --> markers"):
+        update_bundle_readme(RESULT, readme, "x")
