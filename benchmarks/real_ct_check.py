@@ -9,6 +9,7 @@ against the reference body. A scan that cannot be read is reported as "not reada
 One PNG per scan goes to ``--pictures`` (default ``docs/``).
 
     .venv/bin/python -m benchmarks.real_ct_check [--bundle DIR] [--ckpt MODEL.pt] [--scans KEY ...] [--out FILE]
+        [--used-in-training KEY ...]   # scans a retrained model saw: reported, but not counted as held out
     .venv/bin/python -m benchmarks.real_ct_check --update-docs   # also rewrite the bundle README's table
 
 ``--update-docs`` rewrites the part of the bundle's ``docs/README.md`` between
@@ -52,6 +53,7 @@ def run(
     bundle: Path | None = None,
     ckpt: Path | None = None,
     pictures: Path | None = REPO_ROOT / "docs",
+    training_scans: list[str] | tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Check each scan; see the module docstring."""
     from vacseg_monai import realct
@@ -61,7 +63,8 @@ def run(
     weights = Path(segmenter.parser.get_parsed_content("ckpt_path"))
     rows = []
     for key in scans:
-        check = realct.check_scan(key, segmenter, picture_dir=pictures)
+        check = realct.check_scan(key, segmenter, picture_dir=pictures, training_scans=(
+            realct.TRAINING_SCANS if training_scans is None else frozenset(training_scans)))
         m = check.metrics
         rows.append({
             "scan": key,
@@ -195,12 +198,14 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the shipped bundle)")
     parser.add_argument("--ckpt", type=Path, default=None, help="model weights (default: the bundle's models/model.pt)")
     parser.add_argument("--scans", nargs="+", default=list(DEFAULT_SCANS), help="public scan keys to check")
+    parser.add_argument("--used-in-training", nargs="*", default=None, metavar="KEY",
+                        help="scans the model was trained on (default: vacseg_monai.realct.TRAINING_SCANS, none)")
     parser.add_argument("--pictures", type=Path, default=REPO_ROOT / "docs", help="PNG folder (default docs)")
     parser.add_argument("--out", default=None, help="write the JSON here too")
     parser.add_argument("--update-docs", action="store_true", help="rewrite the table in the bundle's docs/README.md")
     opts = parser.parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    result = run(opts.scans, opts.bundle, opts.ckpt, opts.pictures)
+    result = run(opts.scans, opts.bundle, opts.ckpt, opts.pictures, opts.used_in_training)
     rows = [[r["scan"], " x ".join(map(str, r["shape"])) or "-", _cell(r, "vacbag_cm3", ".2f"),
              _cell(r, "couch_cm3", ".1f"), _cell(r, "couch_inside_body_share", ".4f"), _cell(r, "body_dice", ".4f"),
              _verdict(r).replace("**", "")] for r in result["scans"]]

