@@ -5,7 +5,8 @@ time, never committed) is read with :func:`vacseg_monai.inference.load_input`, s
 by the bundle's inference components (:class:`vacseg_monai.segmenter.BundleSegmenter`, as
 the node and ``run inference``) and measured by :mod:`vacseg_monai.realct`: Vacbag cm^3
 (all false positive), Couch cm^3 and its share inside the reference body, and Body Dice
-against the reference body. A scan that cannot be read is reported as "not readable".
+against the reference body. A scan that cannot be read is reported as "not readable" (one the
+bundle fails on as "not segmented"), and the others are still checked.
 One PNG per scan goes to ``--pictures`` (default ``docs/``).
 
     .venv/bin/python -m benchmarks.real_ct_check [--bundle DIR] [--ckpt MODEL.pt] [--scans KEY ...] [--out FILE]
@@ -113,9 +114,10 @@ def _cell(row: dict[str, Any], name: str, fmt: str) -> str:
 
 def _verdict(row: dict[str, Any]) -> str:
     if row["met"] is None:
-        if row["error"] and row["error"].startswith("not readable: "):
-            return f"not readable: `{row['error'][len('not readable: '):]}`"
-        return f"`{row['error']}`" if row["error"] else "not run"
+        if not row["error"]:
+            return "not run"
+        what, _, detail = row["error"].partition(": ")
+        return f"{what}: `{detail}`" if detail else f"`{what}`"
     if row["met"]["all"]:
         return "pass"
     missed = [name for name in ("vacbag", "body", "couch") if not row["met"][name]]

@@ -395,6 +395,19 @@ def save_check_picture(
                                 panel_inches=max(2.6, 10.0 / len(panels)), dpi=90)
 
 
+def _failed(
+    result: ScanCheck, what: str, exc: Exception, folders: list[tuple[str | os.PathLike[str], str]], start: float
+) -> ScanCheck:
+    """Record why a scan has no metrics, naming this machine's folders by role (the report is published)."""
+    logger.warning("%s: %s: %s", result.key, what, exc)
+    text = str(exc)
+    for folder, role in folders:
+        text = text.replace(str(Path(folder)), role)
+    result.error = f"{what}: {text}"
+    result.seconds = time.perf_counter() - start
+    return result
+
+
 def check_scan(
     key: str,
     segmenter: BundleSegmenter,
@@ -405,8 +418,9 @@ def check_scan(
 ) -> ScanCheck:
     """Load one public scan, segment it with the bundle and measure it against its reference body.
 
-    A scan that cannot be read (or segmented) gives a :class:`ScanCheck` whose ``error`` says
-    ``"not readable: <error>"``; the check of the other scans goes on.
+    A scan that cannot be read gives a :class:`ScanCheck` whose ``error`` says
+    ``"not readable: <error>"`` (``"not segmented: <error>"`` if the bundle fails on it); the check
+    of the other scans goes on.
 
     Args:
         key: a key of :data:`vacseg_monai.public_data.SCANS`.
@@ -431,19 +445,18 @@ def check_scan(
         try:
             source = load_real_scan(key, work, cache, result.notes)
         except (ValueError, OSError, RuntimeError) as exc:
-            logger.warning("%s: not readable: %s", key, exc)
-            # Folders of this machine are named by role, so that the report can be published.
-            text = str(exc).replace(str(Path(cache) if cache is not None else cache_dir()), "<cache>")
-            result.error = "not readable: " + text.replace(str(work), "<work>")
-            result.seconds = time.perf_counter() - start
-            return result
+            return _failed(result, "not readable", exc, [(cache_dir() if cache is None else cache, "<cache>"),
+                                                         (work, "<work>")], start)
         hu = np.asarray(source.image[0].cpu().numpy(), dtype=np.float32)
         result.shape = tuple(int(s) for s in hu.shape)
         result.spacing = voxel_spacing(source.affine)
         if source.affine[1, 0] > 0:  # RAS: rows run to anterior
             result.notes.append("stored with rows running anterior (the couch at the top of the image); "
                                 "segmented as stored, as the node does")
-        labels = segmenter.segment(source).labels
+        try:
+            labels = segmenter.segment(source).labels
+        except (ValueError, RuntimeError) as exc:
+            return _failed(result, "not segmented", exc, [(work, "<work>")], start)
     reference = reference_body(hu, result.spacing)
     result.metrics = real_ct_metrics(labels, reference, result.spacing)
     if picture_dir is not None:
