@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import real_ct_check
 from benchmarks.common import PYTHON, REPO_ROOT, RESULTS_DIR, machine_info
 
 __all__ = ["BENCHMARKS", "main", "render_charts", "render_report", "run_benchmark"]
@@ -39,11 +40,14 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "training": ("benchmarks.bench_training", ["--repeats", "5", "--steps", "10"], ["--repeats", "2", "--steps", "4"]),
     "memory": ("benchmarks.bench_memory", [], ["--slices", "100", "--instances", "200", "--large-size", "2048"]),
     "rtstruct": ("benchmarks.bench_rtstruct", ["--repeats", "5"], ["--repeats", "1"]),
+    "real_ct": ("benchmarks.real_ct_check", [], []),
 }
 
 
-def run_benchmark(name: str, quick: bool, results: Path, timeout: float = 1200.0) -> dict[str, Any]:
+def run_benchmark(name: str, quick: bool, results: Path, timeout: float = 1200.0, docs: Path = DOCS) -> dict[str, Any]:
     """Run one benchmark module as ``python -m``; return its JSON (also written to ``results/<name>.json``).
+
+    The real CT check writes its pictures into ``docs`` (default ``docs/``), beside the report.
 
     Raises:
         RuntimeError: if it fails or prints no JSON.
@@ -53,6 +57,8 @@ def run_benchmark(name: str, quick: bool, results: Path, timeout: float = 1200.0
     cmd = [PYTHON, "-m", module, *(short if quick else full)]
     if name != "rtstruct":  # bench_rtstruct.py prints its JSON only
         cmd += ["--out", str(out)]
+    if name == "real_ct":
+        cmd += ["--pictures", str(docs)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
     elapsed = time.perf_counter() - start
@@ -466,6 +472,12 @@ def render_report(data: dict[str, dict[str, Any]], machine: dict[str, Any], comm
                 f"write + save {rt['write_and_save_s_median']:.3f} s, read back {rt['read_s_median']:.3f} s "
                 f"(round trip exact: {rt['round_trip_exact']}).", ""]
 
+    if "real_ct" in data:
+        out += real_ct_check.render_section(data["real_ct"])
+        idea = real_ct_check.failure_summary(data["real_ct"])
+        if idea:
+            ideas.append(idea)
+
     out += ["## What could help", ""]
     out += [f"- {idea}" for idea in ideas] or ["- All targets met in this run."]
     out += ["", "## Reproduce", "", "```", "make bench                         # = .venv/bin/python -m benchmarks.run_all",
@@ -534,7 +546,7 @@ def main(args: list[str] | None = None) -> int:
         for name in opts.only or list(BENCHMARKS):
             logger.info("running %s%s", name, " (quick)" if opts.quick else "")
             try:
-                run_benchmark(name, opts.quick, opts.results)
+                run_benchmark(name, opts.quick, opts.results, docs=opts.docs)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 logger.error("%s failed: %s", name, exc)
                 failures.append(name)
