@@ -167,6 +167,11 @@ def test_fold_datalists_split_by_patient_never_by_slice(tmp_path):
     val_patients = {it["patient"] for it in lists["validation"]}
     assert train_patients == {"p0", "p1"} and val_patients == {"p2", "p3"}
     assert len(lists["train"]) == 3 + 4 and len(lists["validation"]) == 5 + 6
+    strided = fold_datalists(tmp_path, k_folds=2, k_fold_index=1, train_slice_stride=2)
+    assert [(it["patient"], it["slice"]) for it in strided["train"]] == [("p0", 0), ("p0", 2), ("p1", 0), ("p1", 2)]
+    assert strided["validation"] == lists["validation"]
+    with pytest.raises(ValueError, match="`train_slice_stride` must be >= 1, got 0."):
+        fold_datalists(tmp_path, train_slice_stride=0)
 
 
 # --------------------------------------------------------------------- errors
