@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from vacseg_monai.labels import LABELS
+
 __all__ = [
     "Job",
     "JobState",
@@ -50,6 +52,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+LABEL_NAMES = frozenset(label.name for label in LABELS)
 
 RECORD_NAME = "job.json"
 
@@ -364,9 +368,9 @@ def _quality_column(quality: dict | None) -> str:
     """``"Vacbag 0.31! Couch 0.98 Body 0.99"``: each structure's score, flagged ones marked ``!``."""
     if not quality:
         return "-"
-    return " ".join(
-        f"{name} {s['score']:.2f}{'!' if s['flagged'] else ''}" for name, s in quality.get("structures", {}).items()
-    )
+    structures = quality.get("structures", {})
+    order = [label.name for label in LABELS if label.name in structures] + sorted(set(structures) - LABEL_NAMES)
+    return " ".join(f"{n} {structures[n]['score']:.2f}{'!' if structures[n]['flagged'] else ''}" for n in order)
 
 
 def format_status(jobs: list[Job]) -> str:
