@@ -155,7 +155,7 @@ def test_slices_preprocessed_one_by_one_equal_the_volume_preprocessed(tiny_weigh
     and segmenting from them gives the same labels."""
     from monai.transforms import Compose, Resized
 
-    from vacseg_monai.inference import load_input
+    from vacseg_monai.inputs import load_input
     from vacseg_monai.segmenter import BundleSegmenter
     from vacseg_monai.transforms import inference_transforms, is_slice_wise, train_transforms
 

@@ -43,6 +43,8 @@ import numpy as np
 from vacseg_monai.labels import BACKGROUND, LABELS, checked_label_map
 
 __all__ = [
+    "IMG_DIR",
+    "MASK_DIR",
     "NIFTI_IMAGE_NAMES",
     "NIFTI_LABEL_NAMES",
     "DataLayoutError",
@@ -62,8 +64,9 @@ logger = logging.getLogger(__name__)
 
 NIFTI_IMAGE_NAMES = ("image.nii.gz", "image.nii")
 NIFTI_LABEL_NAMES = ("label.nii.gz", "label.nii")
-_IMG_DIR = "img"
-_MASK_DIR = "mask"
+#: Sub-folders of a patient in the npy layout: CT slices and label slices.
+IMG_DIR = "img"
+MASK_DIR = "mask"
 _LAYOUTS_LOOKED_FOR = (
     "<patient>/img/<i>.npy + <patient>/mask/<i>.npy (npy layout) or "
     "<patient>/image.nii.gz + <patient>/label.nii.gz (nifti layout)"
@@ -167,12 +170,12 @@ def _numbered_npy_files(folder: Path, patient_id: str) -> dict[int, Path]:
 
 def _discover_npy_patient(patient_dir: Path) -> PatientRecord:
     patient_id = patient_dir.name
-    img_dir, mask_dir = patient_dir / _IMG_DIR, patient_dir / _MASK_DIR
+    img_dir, mask_dir = patient_dir / IMG_DIR, patient_dir / MASK_DIR
     for present, missing in ((img_dir, mask_dir), (mask_dir, img_dir)):
         if present.is_dir() and not missing.is_dir():
             raise DataLayoutError(
                 f"Patient {patient_id!r}: found {present.name}/ but no {missing.name}/ folder at {missing}; "
-                f"each patient needs {_IMG_DIR}/<i>.npy and {_MASK_DIR}/<i>.npy."
+                f"each patient needs {IMG_DIR}/<i>.npy and {MASK_DIR}/<i>.npy."
             )
     images = _numbered_npy_files(img_dir, patient_id)
     masks = _numbered_npy_files(mask_dir, patient_id)
@@ -276,7 +279,7 @@ def _discover_nifti_patient(patient_dir: Path) -> PatientRecord:
 
 
 def _patient_layout(patient_dir: Path) -> str | None:
-    has_npy = (patient_dir / _IMG_DIR).is_dir() or (patient_dir / _MASK_DIR).is_dir()
+    has_npy = (patient_dir / IMG_DIR).is_dir() or (patient_dir / MASK_DIR).is_dir()
     has_nifti = any((patient_dir / n).is_file() for n in NIFTI_IMAGE_NAMES + NIFTI_LABEL_NAMES)
     if has_npy and has_nifti:
         raise DataLayoutError(
