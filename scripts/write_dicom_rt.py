@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from vacseg_monai.dicom.convert import write_label_map_dicom
-from vacseg_monai.dicom.outputs import OutputKind
+from vacseg_monai.dicom.outputs import OutputKind, check_root_uid
 
 __all__ = ["main"]
 
@@ -46,8 +46,11 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--series {ns.series} is not a folder")
     if not ns.labels.is_file():
         parser.error(f"--labels {ns.labels} is not a file")
-    if ns.root_uid is not None and not ns.root_uid.endswith("."):
-        parser.error(f"--root-uid must end with '.', got {ns.root_uid!r}")
+    if ns.root_uid is not None:
+        try:
+            check_root_uid(ns.root_uid)
+        except ValueError as exc:
+            parser.error(f"--root-uid: {exc}")
     return ns
 
 

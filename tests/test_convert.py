@@ -272,7 +272,7 @@ def _index_map(perm: tuple[int, int, int], flips: tuple[bool, bool, bool], shape
 
 def _read_back(paths, series):
     rs = next(p for p in paths if p.name.startswith("RS."))
-    seg = next(p for p in paths if p.name.startswith("SEG_"))
+    seg = next(p for p in paths if p.name.startswith("SEG."))
     from_rt = read_rtstruct(rs, series)
     pixels = hd.seg.segread(seg).get_pixels_by_source_instance(series.sop_instance_uids, combine_segments=True)
     return from_rt, np.moveaxis(pixels, 0, 2)

@@ -91,7 +91,7 @@ def test_postprocessing_is_built_from_the_named_steps():
     assert type(parser.get_parsed_content("resample_argmax")).__name__ == "ResampleArgmaxd"
     clean_up = parser.get_parsed_content("clean_up")
     assert type(clean_up).__name__ == "CleanUpLabelsd" and clean_up.min_vacbag_volume_mm3 == 1000.0
-    assert parser.get_parsed_content("writer#root_uid") == inference["root_uid"]
+    assert parser.get_parsed_content("writer#root_uid") == "1.2.826.0.1.3680043.8.498."
 
 
 def test_components_of_bundles_before_0_2_3_still_import():
@@ -115,7 +115,7 @@ def test_cli_on_dicom_series_writes_nifti_rtstruct_and_seg(tmp_path, phantom):
         sys.executable, "-m", "monai.bundle", "run", "inference",
         "--meta_file", str(METADATA_JSON), "--config_file", str(INFERENCE_JSON),
         "--bundle_root", str(BUNDLE), "--input", str(series_dir), "--output_dir", str(out),
-        "--output", "both", "--ckpt_path", str(ckpt), "--device", "cpu", "--root_uid", "1.2.826.0.1.3680043.8.498.",
+        "--output", "both", "--ckpt_path", str(ckpt), "--device", "cpu", "--root_uid", "1.2.826.0.1.3680043.8.498.7.",
         *(arg for key, value in TINY.items() for arg in (f"--{key}", repr(value))),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -132,7 +132,9 @@ def test_cli_on_dicom_series_writes_nifti_rtstruct_and_seg(tmp_path, phantom):
     np.testing.assert_allclose(nifti.affine, series.affine_ras, atol=1e-4)
     assert set(np.unique(labels).tolist()) <= LABEL_VALUES
 
-    rtstruct, seg = out / "CT_series_rtstruct.dcm", out / "CT_series_seg.dcm"
+    (rtstruct,) = out.glob("RS.*.dcm")
+    (seg,) = out.glob("SEG.*.dcm")
+    assert sorted(p.name for p in out.iterdir()) == sorted(["CT_series_labels.nii.gz", rtstruct.name, seg.name])
     assert _dciodvfy_errors(rtstruct) == []
     assert _dciodvfy_errors(seg) == []
     import pydicom
@@ -142,7 +144,9 @@ def test_cli_on_dicom_series_writes_nifti_rtstruct_and_seg(tmp_path, phantom):
     assert rs.FrameOfReferenceUID == series.frame_of_reference_uid
     sg = pydicom.dcmread(seg)
     assert sg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_instance_uid
-    assert sg.SOPInstanceUID.startswith("1.2.826.0.1.3680043.8.498.")
+    assert sg.SOPInstanceUID.startswith("1.2.826.0.1.3680043.8.498.7.")  # the root given on the command line
+    assert rtstruct.name == f"RS.{rs.SOPInstanceUID}.dcm" and seg.name == f"SEG.{sg.SOPInstanceUID}.dcm"
+
 
 def test_npy_patient_gets_mask_slices_and_nifti(tmp_path, phantom):
     patient = write_npy_layout(phantom, tmp_path / "data")

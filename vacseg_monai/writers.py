@@ -7,7 +7,9 @@
   RAS affine), unless ``nifti=False``;
 - for npy input, ``<output_dir>/<name>/mask/<i>.npy`` (``(1, rows, cols)`` uint8, the
   input's file numbers);
-- for DICOM input, the RTSTRUCT and/or DICOM-SEG chosen by ``output``.
+- for DICOM input, the RTSTRUCT and/or DICOM-SEG chosen by ``output``, through the DICOM
+  output layer (:func:`vacseg_monai.dicom.outputs.write_outputs`: ``RS.<SOPInstanceUID>.dcm``,
+  ``SEG.<SOPInstanceUID>.dcm``).
 
 :class:`SaveInferenceOutputsd` is the same step as a MONAI transform, the ``writer``
 of ``configs/inference.json``; the DICOM node calls the function through
@@ -28,15 +30,13 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from vacseg_monai.datasets import MASK_DIR
-from vacseg_monai.dicom.outputs import OutputKind
+from vacseg_monai.dicom.outputs import DEFAULT_ROOT_UID, OutputKind, write_outputs
 from vacseg_monai.inputs import InferenceInput, InputKind
 from vacseg_monai.labels import LABELS, Label, checked_label_map
 
 __all__ = ["SaveInferenceOutputsd", "write_inference_outputs"]
 
 logger = logging.getLogger(__name__)
-
-_DEFAULT_ROOT_UID = "1.2.826.0.1.3680043.8.498."
 
 
 def _check(labels: np.ndarray, source: InferenceInput, label_table: Sequence[Label]) -> None:
@@ -74,7 +74,7 @@ def write_inference_outputs(
     labels: np.ndarray,
     output_dir: str | os.PathLike[str],
     output: str | OutputKind = OutputKind.RTSTRUCT,
-    root_uid: str = _DEFAULT_ROOT_UID,
+    root_uid: str = DEFAULT_ROOT_UID,
     *,
     nifti: bool = True,
     label_table: Sequence[Label] = LABELS,
@@ -88,7 +88,7 @@ def write_inference_outputs(
         labels: the label map, any memory layout.
         output_dir: folder to write to (created).
         output: DICOM objects for DICOM input: ``"rtstruct"`` (default), ``"seg"``, ``"both"`` or ``"none"``.
-        root_uid: UID root for the DICOM objects (default ``"1.2.826.0.1.3680043.8.498."``).
+        root_uid: UID root for the DICOM objects (default :data:`~vacseg_monai.dicom.outputs.DEFAULT_ROOT_UID`).
         nifti: also write the NIfTI label map (default True; the DICOM node, which only sends DICOM
             back, skips it).
         label_table: the label table (default :data:`vacseg_monai.labels.LABELS`).
@@ -107,20 +107,8 @@ def write_inference_outputs(
         written.append(_write_nifti(labels, source, output_dir))
     if source.kind is InputKind.NPY and source.slice_indices is not None:
         written.extend(_write_mask_slices(labels, source, output_dir))
-    series = source.series
-    if source.kind is InputKind.DICOM and series is not None:
-        if output.rtstruct:
-            from vacseg_monai.dicom.rtstruct import write_rtstruct
-
-            path = output_dir / f"{source.name}_rtstruct.dcm"
-            write_rtstruct(labels, series, path, label_table=label_table, root_uid=root_uid)
-            written.append(path)
-        if output.seg:
-            from vacseg_monai.dicom.seg import write_seg
-
-            path = output_dir / f"{source.name}_seg.dcm"
-            write_seg(labels, series, path, label_table=label_table, root_uid=root_uid)
-            written.append(path)
+    if source.kind is InputKind.DICOM and source.series is not None:
+        written.extend(write_outputs(labels, source.series, output_dir, output, root_uid, label_table=label_table))
     return written
 
 
@@ -134,7 +122,7 @@ class SaveInferenceOutputsd(MapTransform):
         source: the loaded input (:func:`vacseg_monai.inputs.load_input`).
         output_dir: folder to write to (created).
         output: ``"rtstruct"`` (default), ``"seg"``, ``"both"`` or ``"none"``; DICOM input only.
-        root_uid: UID root for the DICOM objects. Defaults to ``"1.2.826.0.1.3680043.8.498."``.
+        root_uid: UID root for the DICOM objects. Defaults to :data:`~vacseg_monai.dicom.outputs.DEFAULT_ROOT_UID`.
         label_table: the label table. Defaults to :data:`vacseg_monai.labels.LABELS`.
         allow_missing_keys: don't raise if a key is absent. Defaults to False.
 
@@ -148,7 +136,7 @@ class SaveInferenceOutputsd(MapTransform):
         source: InferenceInput | None = None,
         output_dir: str | os.PathLike[str] = ".",
         output: str | OutputKind = OutputKind.RTSTRUCT,
-        root_uid: str = _DEFAULT_ROOT_UID,
+        root_uid: str = DEFAULT_ROOT_UID,
         label_table: Sequence[Label] = LABELS,
         allow_missing_keys: bool = False,
     ) -> None:

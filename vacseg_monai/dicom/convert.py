@@ -56,7 +56,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage
 
-from vacseg_monai.dicom.outputs import OutputKind
+from vacseg_monai.dicom.outputs import DEFAULT_ROOT_UID, OutputKind, write_outputs
 from vacseg_monai.labels import BACKGROUND, LABELS, checked_label_map, label_by_name
 
 if TYPE_CHECKING:
@@ -888,8 +888,9 @@ def write_label_map_dicom(
     Args:
         series_dir: folder with the CT series.
         labels_path: NIfTI label map (values from the label table).
-        out_dir: output folder (created); files are ``RS.<SOPInstanceUID>.dcm`` and
-            ``SEG_<SOPInstanceUID>.dcm``.
+        out_dir: output folder (created); files are named by
+            :func:`vacseg_monai.dicom.outputs.output_file_name` (``RS.<SOPInstanceUID>.dcm``,
+            ``SEG.<SOPInstanceUID>.dcm``).
         fmt: ``"rtstruct"`` (default), ``"seg"`` or ``"both"``.
         root_uid: UID root for the new objects (default: the writers' default root).
         series_uid: SeriesInstanceUID to read when ``series_dir`` holds several CT series.
@@ -902,14 +903,9 @@ def write_label_map_dicom(
             overlap the series at all, an unknown ``fmt``, or an unreadable series
             (:class:`~vacseg_monai.dicom.errors.DicomSeriesError`).
     """
-    from vacseg_monai.dicom.rtstruct import write_rtstruct
-    from vacseg_monai.dicom.seg import write_seg
     from vacseg_monai.dicom.series import read_series
 
-    try:
-        fmt = OutputKind(getattr(fmt, "value", fmt))
-    except ValueError:
-        raise ValueError(f"`fmt` must be one of {[f.value for f in OutputKind]}, got {fmt!r}.") from None
+    fmt = OutputKind.coerce(fmt)
     labels, affine = load_label_nifti(labels_path)
     series = read_series(series_dir, series_uid=series_uid)
     resampled, covered = resample_label_map(labels, affine, series.shape, series.affine_ras)
@@ -923,17 +919,6 @@ def write_label_map_dicom(
             "NIfTI label map %s covers only %.1f %% of CT series %s; the voxels outside it are set to background.",
             labels_path, 100.0 * covered, series.series_instance_uid,
         )
-    kwargs = {} if root_uid is None else {"root_uid": root_uid}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    if fmt.rtstruct:
-        ds = write_rtstruct(resampled, series, None, **kwargs)
-        path = out / f"RS.{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        written.append(path)
-    if fmt.seg:
-        seg = write_seg(resampled, series, out, **kwargs)
-        written.append(out / f"SEG_{seg.SOPInstanceUID}.dcm")
+    written = write_outputs(resampled, series, out_dir, fmt, DEFAULT_ROOT_UID if root_uid is None else root_uid)
     logger.info("Wrote %s for series %s: %s", fmt.value, series.series_instance_uid, [str(p) for p in written])
     return written
