@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from vacseg_monai.dicom.convert import OutputFormat, convert_exports, parse_name_map
+from vacseg_monai.dicom.exports import OutputFormat, convert_exports, parse_name_map
 
 __all__ = ["main"]
 

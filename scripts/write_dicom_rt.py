@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from vacseg_monai.dicom.convert import write_label_map_dicom
+from vacseg_monai.dicom.labelmap import write_label_map_dicom
 from vacseg_monai.dicom.outputs import OutputKind, check_root_uid
 
 __all__ = ["main"]

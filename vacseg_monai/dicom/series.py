@@ -1,6 +1,7 @@
 """Read, validate and sort a DICOM CT series into a HU volume with its affine.
 
-:func:`read_series` scans a folder (any file names, sub-folders included),
+:func:`read_series` scans a folder (any file names, sub-folders included;
+:func:`read_series_files` takes a list of files instead),
 keeps CT Image Storage instances, groups them by SeriesInstanceUID, sorts the
 slices by their position along the slice normal (never by SliceLocation or
 InstanceNumber), checks that they form one regular, untilted block and returns
@@ -13,6 +14,7 @@ naming the file or UID and what is wrong.
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -48,7 +50,7 @@ from vacseg_monai.dicom.geometry import (
 if TYPE_CHECKING:
     from monai.data import MetaTensor
 
-__all__ = ["DEFER_SIZE", "CTSeries", "DecodedSlice", "DicomSeriesError", "SeriesSummary", "decode_slice", "list_series", "read_series"]
+__all__ = ["DEFER_SIZE", "CTSeries", "DecodedSlice", "DicomSeriesError", "SeriesSummary", "decode_slice", "list_series", "read_series", "read_series_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +193,15 @@ def _scan(
     root = Path(folder)
     if not root.is_dir():
         raise NoSeriesError(f"Not a folder: {root}.")
+    return _scan_files(_iter_files(root), decoded)
+
+
+def _scan_files(
+    paths: Iterable[Path], decoded: Mapping[Path, DecodedSlice | None] | None = None
+) -> dict[str, list[tuple[Path, Dataset]]]:
+    """Group the CT Image Storage headers of ``paths`` by SeriesInstanceUID (``decoded`` headers reused)."""
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
-    for path in _iter_files(root):
+    for path in paths:
         ready = decoded.get(path) if decoded else None
         ds = ready.header if ready is not None else _read(path)
         if ds is None:
@@ -498,6 +507,51 @@ def read_series(
     if not 0 < spacing_tolerance < 1:
         raise ValueError(f"`spacing_tolerance` must be in (0, 1), got {spacing_tolerance}.")
     groups = _scan(folder, decoded)
+    return _read_group(groups, folder, series_uid, spacing_tolerance, lateral_tolerance_mm, decoded)
+
+
+def read_series_files(
+    paths: Iterable[str | Path],
+    *,
+    series_uid: str | None = None,
+    spacing_tolerance: float = 0.05,
+    lateral_tolerance_mm: float | None = None,
+) -> CTSeries:
+    """Read one CT series from the given files only, e.g. files found scattered through an export.
+
+    The same checks and the same result as :func:`read_series`; errors name the files as given.
+
+    Args:
+        paths: the files (other SOP classes and non-DICOM files among them are skipped).
+        series_uid: SeriesInstanceUID to read; required when the files hold several CT series (default None).
+        spacing_tolerance: as for :func:`read_series` (default 0.05).
+        lateral_tolerance_mm: as for :func:`read_series` (default None).
+
+    Raises:
+        The errors of :func:`read_series`; :class:`NoSeriesError` also for an empty ``paths``.
+    """
+    if not 0 < spacing_tolerance < 1:
+        raise ValueError(f"`spacing_tolerance` must be in (0, 1), got {spacing_tolerance}.")
+    files = sorted(Path(p) for p in paths)
+    where = Path(os.path.commonpath([str(p.parent) for p in files])) if files else Path()
+    groups = _scan_files(files)
+    return _read_group(groups, f"the {len(files)} files given under {where}", series_uid, spacing_tolerance,
+                       lateral_tolerance_mm, None, where)
+
+
+def _read_group(
+    groups: dict[str, list[tuple[Path, Dataset]]],
+    folder: str | Path,
+    series_uid: str | None,
+    spacing_tolerance: float,
+    lateral_tolerance_mm: float | None,
+    decoded: Mapping[Path, DecodedSlice | None] | None,
+    source: str | Path | None = None,
+) -> CTSeries:
+    """Choose, check, sort and decode one series of ``groups``, the headers found in ``folder`` (named in errors).
+
+    ``source`` is the path recorded as the volume's ``filename_or_obj`` (default: ``folder``).
+    """
     if not groups:
         raise NoSeriesError(f"No CT Image Storage series found in {folder}.")
     if series_uid is None:
@@ -545,7 +599,7 @@ def read_series(
 
     affine_ras = lps_to_ras(affine)
     meta = {
-        "filename_or_obj": str(folder),
+        "filename_or_obj": str(folder if source is None else source),
         "series_instance_uid": series_uid,
         "space": "RAS",
         "original_affine": affine_ras.copy(),
