@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from vacseg_monai.logs import setup_logging
 from vacseg_monai.service.config import Destination
 from vacseg_monai.service.export import (
     ExportError,
@@ -49,7 +50,7 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
 def main(args: list[str] | None = None) -> int:
     """Send the folder; exit status 0 if every instance got a success or warning status."""
     ns = _setup_argparser(args)
-    logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING)
+    setup_logging(logging.INFO if ns.verbose else logging.WARNING, third_party=ns.verbose)
     files = find_dicom_files(ns.folder)
     if not files:
         print(f"No DICOM files in {ns.folder}", file=sys.stderr)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from vacseg_monai.dicom.labelmap import write_label_map_dicom
 from vacseg_monai.dicom.outputs import OutputKind, check_root_uid
+from vacseg_monai.logs import setup_logging
 
 __all__ = ["main"]
 
@@ -58,7 +59,7 @@ def main(args: list[str] | None = None) -> int:
     """Write the objects; returns the exit status (0 on success, 2 on bad input)."""
     ns = _setup_argparser(args)
     level = logging.WARNING if ns.quiet else logging.DEBUG if ns.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(level, third_party=ns.verbose, fmt="%(levelname)s %(name)s: %(message)s")
     try:
         written = write_label_map_dicom(
             ns.series, ns.labels, ns.out, fmt=ns.format, root_uid=ns.root_uid, series_uid=ns.series_uid
