@@ -6,6 +6,10 @@ slice with every island and every hole, even-odd convention), written with
 pydicom. :func:`read_rtstruct` rasterises an RT Structure Set back onto the CT
 grid, mapping ROI names to label numbers.
 
+What every written object shares (UID root, patient/study copy, label-map
+coercion, atomic save, file name) comes from :mod:`vacseg_monai.dicom.outputs`,
+whose :func:`~vacseg_monai.dicom.outputs.write_outputs` is how the project writes it.
+
 Geometry comes only from the series' LPS affine (``CTSeries.affine_lps``):
 index ``(row, col, slice)`` -> patient LPS millimetres and back. Nothing is
 re-derived from SliceLocation or InstanceNumber.

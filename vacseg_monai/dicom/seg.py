@@ -6,6 +6,10 @@ mapping direct: ``labels[:, :, k]`` is the k-th slice of ``series.datasets``, so
 frame ``k`` of the array handed to highdicom (``(frames, rows, cols)``) is
 derived from source image ``k`` and carries that image's position.
 
+What every written object shares (UID root, veterinary attributes, label-map
+coercion, atomic save, file name) comes from :mod:`vacseg_monai.dicom.outputs`,
+whose :func:`~vacseg_monai.dicom.outputs.write_outputs` is how the project writes it.
+
 Segment numbers, labels, property codes and display colours come from the label
 table (:mod:`vacseg_monai.labels`). Every label of the table is described even
 when it has no voxel; frames without any voxel of a segment are omitted
