@@ -62,7 +62,7 @@ def test_processor_writes_rtstruct_seg_qa_and_timings(tmp_path, tiny_weights, ct
         errors = [line for line in subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True,
                                                   timeout=60).stderr.splitlines() if line.startswith("Error")]
         assert errors == [], path
-    rtstruct = pydicom.dcmread(next(f for f in files if "rtstruct" in f.name))
+    rtstruct = pydicom.dcmread(next(f for f in files if f.name.startswith("RS.")))
     assert [roi.ROIName for roi in rtstruct.StructureSetROISequence] == [label.name for label in LABELS]
 
     timings = json.loads((job_dir / TIMINGS_FILE).read_text())
