@@ -205,14 +205,19 @@ def complete_veterinary_attributes(ds: Dataset) -> None:
     for keyword in VETERINARY_TYPE2C_KEYWORDS:
         if keyword not in ds:
             setattr(ds, keyword, [] if keyword.endswith("Sequence") else "")
-            logger.debug("%s %s: added empty %s (veterinary Type 2C).", ds.get("Modality", ""), ds.get("SOPInstanceUID", ""), keyword)
+            logger.debug(
+                "%s %s: added empty %s (veterinary Type 2C).", ds.get("Modality", ""), ds.get("SOPInstanceUID", ""),
+                keyword,
+            )
 
 
 def _whole_numbers(array: np.ndarray, series_uid: str) -> np.ndarray:
     if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer):
         return array
     if not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"Label map for series {series_uid}: dtype {array.dtype} is not an integer, bool or float type.")
+        raise ValueError(
+            f"Label map for series {series_uid}: dtype {array.dtype} is not an integer, bool or float type."
+        )
     rounded = np.rint(array)
     if not np.array_equal(rounded, array):
         odd = np.unique(array[rounded != array])[:5].tolist()
