@@ -35,6 +35,7 @@ from vacseg_monai.evaluation import (
 )
 from vacseg_monai.paths import default_bundle_root
 from vacseg_monai.phantom import phantom_patient_id
+from vacseg_monai.logs import setup_logging
 
 __all__ = ["main"]
 
@@ -143,7 +144,7 @@ def main(args: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
     ns = _setup_argparser(argv)
     level = logging.WARNING if ns.quiet else logging.DEBUG if ns.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(level, third_party=ns.verbose, fmt="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     try:
         segmenter = PhantomSegmenter(ns.bundle, ns.ckpt, dict(ns.override))

@@ -10,9 +10,9 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from vacseg_monai.logs import setup_logging
 from vacseg_monai.service.config import NodeConfig, parse_node_args
 from vacseg_monai.service.jobs import JobStore, format_status
 from vacseg_monai.service.scp import run_node
@@ -29,9 +29,8 @@ def main(args: list[str] | None = None) -> int:
     if ns.status:
         print(format_status(JobStore(config.output_directory).jobs()))
         return 0
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if config.log_level != "DEBUG":
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # -d shows the libraries' lines too (pynetdicom's per C-STORE, highdicom's per object).
+    setup_logging(config.log_level, third_party=config.log_level == "DEBUG")
     run_node(config)
     return 0
 

@@ -64,7 +64,7 @@ def test_processor_writes_rtstruct_seg_qa_and_timings(tmp_path, tiny_weights, ct
         errors = [line for line in subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True,
                                                   timeout=60).stderr.splitlines() if line.startswith("Error")]
         assert errors == [], path
-    rtstruct = pydicom.dcmread(next(f for f in files if "rtstruct" in f.name))
+    rtstruct = pydicom.dcmread(next(f for f in files if f.name.startswith("RS.")))
     assert [roi.ROIName for roi in rtstruct.StructureSetROISequence] == [label.name for label in LABELS]
 
     timings = json.loads((job_dir / TIMINGS_FILE).read_text())
@@ -178,7 +178,7 @@ def test_slices_preprocessed_one_by_one_equal_the_volume_preprocessed(tiny_weigh
     and segmenting from them gives the same labels."""
     from monai.transforms import Compose, Resized
 
-    from vacseg_monai.inference import load_input
+    from vacseg_monai.inputs import load_input
     from vacseg_monai.segmenter import BundleSegmenter
     from vacseg_monai.transforms import inference_transforms, is_slice_wise, train_transforms
 

@@ -228,7 +228,7 @@ class PhantomSegmenter:
             patient_dir: ``<patient>`` folder holding ``img/<i>.npy``.
             spacing: (row, col, slice) spacing in mm (the npy files carry no geometry).
         """
-        from vacseg_monai.inference import load_input
+        from vacseg_monai.inputs import load_input
 
         source = load_input(patient_dir, npy_spacing=[float(s) for s in spacing])
         return self.segmenter.segment(source).labels

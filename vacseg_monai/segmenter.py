@@ -21,10 +21,12 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from vacseg_monai.inference import InferenceInput, OutputKind, SaveInferenceOutputsd
+from vacseg_monai.dicom.outputs import OutputKind
+from vacseg_monai.inputs import InferenceInput
 from vacseg_monai.paths import default_bundle_root
 from vacseg_monai.quality import QualityConfig, QualityReport, assess_quality
 from vacseg_monai.transforms import is_slice_wise
+from vacseg_monai.writers import write_inference_outputs
 
 __all__ = ["BundleSegmenter", "Segmentation"]
 
@@ -111,11 +113,11 @@ class BundleSegmenter:
         self.network.eval()
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.inferer = parser.get_parsed_content("inferer")
-        # Postprocessing steps 0 and 1 (resample + argmax, clean-up) come from the config; step 2,
-        # the writer, needs the input and is built per volume by `write`.
-        self.resample_argmax = parser.get_parsed_content("postprocessing#transforms#0")
-        self.clean_up = parser.get_parsed_content("postprocessing#transforms#1")
-        self.root_uid = parser.get_parsed_content("root_uid")
+        # The post-processing steps by their ids. The config's `writer` needs the input, so it is not
+        # built here: `write` calls the function it wraps, with the writer's UID root.
+        self.resample_argmax = parser.get_parsed_content("resample_argmax")
+        self.clean_up = parser.get_parsed_content("clean_up")
+        self.root_uid = parser.get_parsed_content("writer#root_uid")
         quality = parser.get_parsed_content("quality", default=None)
         self.quality_config = None if quality is None else QualityConfig.from_mapping(quality)
         logger.info("Loaded bundle %s weights %s on %s", self.bundle, weights, self.device)
@@ -144,7 +146,7 @@ class BundleSegmenter:
         return out.as_tensor() if isinstance(out, MetaTensor) else out
 
     def segment(self, source: InferenceInput, preprocessed: Sequence[torch.Tensor] | None = None) -> Segmentation:
-        """Segment one loaded input (:func:`vacseg_monai.inference.load_input`).
+        """Segment one loaded input (:func:`vacseg_monai.inputs.load_input`).
 
         Args:
             source: the input.
@@ -202,12 +204,20 @@ class BundleSegmenter:
         root_uid: str | None = None,
         nifti: bool = True,
     ) -> list[Path]:
-        """Write the label map as the bundle does (NIfTI unless ``nifti=False``, plus RTSTRUCT/SEG for DICOM input)."""
-        writer = SaveInferenceOutputsd(
-            keys="pred",
-            source=source,
-            output_dir=output_dir,
-            output=output,
-            root_uid=root_uid or self.root_uid,
-        )
-        return writer.write(labels, nifti=nifti)
+        """Write the label map as the bundle's ``writer`` does (:func:`vacseg_monai.writers.write_inference_outputs`).
+
+        Args:
+            source: the input the label map was computed on.
+            labels: the label map ``(rows, cols, n)``.
+            output_dir: folder to write to (created).
+            output: DICOM objects for DICOM input (default ``"rtstruct"``).
+            root_uid: UID root (default: the config's).
+            nifti: also write the NIfTI label map (default True).
+
+        Returns:
+            The written files.
+
+        Raises:
+            ValueError: if the label map does not match the input or holds unknown values.
+        """
+        return write_inference_outputs(source, labels, output_dir, output, root_uid or self.root_uid, nifti=nifti)

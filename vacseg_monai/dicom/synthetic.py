@@ -34,6 +34,7 @@ from pydicom.uid import (
 )
 
 from vacseg_monai.dicom.geometry import PatientPosition, affine_lps, index_to_lps
+from vacseg_monai.dicom.outputs import DEFAULT_ROOT_UID
 
 __all__ = [
     "DEFAULT_ROOT_UID",
@@ -44,8 +45,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: UID root used when none is given (the pydicom-registered example root).
-DEFAULT_ROOT_UID = "1.2.826.0.1.3680043.8.498."
 
 _DCMCJPEG_TIMEOUT_S = 120.0
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vacseg_monai.dicom.outputs import OutputKind
 from vacseg_monai.dicom.series import DecodedSlice, decode_slice
-from vacseg_monai.inference import InferenceInput, InputKind, OutputKind, load_input
+from vacseg_monai.inputs import InferenceInput, InputKind, load_input
 from vacseg_monai.qa import OverlayPanel, save_overlay_montage
 from vacseg_monai.quality import QualityReport
 from vacseg_monai.segmenter import BundleSegmenter
