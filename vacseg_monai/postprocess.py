@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_MIN_VACBAG_VOLUME_MM3",
     "CleanUpLabelsd",
     "ResampleArgmaxd",
+    "ScoreQualityd",
     "clean_up_labels",
     "resample_argmax",
 ]
@@ -160,6 +161,8 @@ class ResampleArgmaxd(MapTransform):
         keys: keys of the logits ``(C, h, w, n)``. Defaults to ``"pred"``.
         ref_key: key of the preprocessed image carrying the grid meta. Defaults to ``"image"``.
         chunk_slices: slices resized at once. Defaults to 16.
+        logits_key: keep the low-resolution logits under this key (e.g. for :class:`ScoreQualityd`);
+            None drops them. Defaults to None.
         allow_missing_keys: don't raise if a key is absent. Defaults to False.
     """
 
@@ -168,6 +171,7 @@ class ResampleArgmaxd(MapTransform):
         keys: KeysCollection = "pred",
         ref_key: str = "image",
         chunk_slices: int = 16,
+        logits_key: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -175,6 +179,7 @@ class ResampleArgmaxd(MapTransform):
             raise ValueError(f"`chunk_slices` must be >= 1, got {chunk_slices}.")
         self.ref_key = ref_key
         self.chunk_slices = chunk_slices
+        self.logits_key = logits_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Replace the logits by a uint8 ``MetaTensor`` ``(1, rows, cols, n)`` with the CT affine.
@@ -192,6 +197,8 @@ class ResampleArgmaxd(MapTransform):
         shape = tuple(int(s) for s in np.asarray(meta["spatial_shape"]).reshape(-1))
         affine = torch.as_tensor(np.asarray(meta["original_affine"], dtype=np.float64))
         for key in self.key_iterator(d):
+            if self.logits_key is not None:
+                d[self.logits_key] = d[key]
             labels = resample_argmax(d[key], shape, self.chunk_slices)
             d[key] = MetaTensor(labels.cpu(), affine=affine, meta={"filename_or_obj": meta.get("filename_or_obj")})
         return d
@@ -378,3 +385,47 @@ class CleanUpLabelsd(MapTransform):
             d[key] = MetaTensor(tensor, meta=dict(value.meta)) if isinstance(value, MetaTensor) else tensor
         return d
 
+
+
+class ScoreQualityd(MapTransform):
+    """Score the label map under ``keys`` (:func:`vacseg_monai.quality.assess_quality`) into ``d["quality"]``.
+
+    Args:
+        keys: key of the final label map ``(1, rows, cols, n)``. Defaults to ``"pred"``.
+        source: the loaded input (:func:`vacseg_monai.inputs.load_input`): its HU volume and spacing.
+        logits_key: key of the low-resolution logits kept by :class:`ResampleArgmaxd`. Defaults to ``"logits"``.
+        quality: the thresholds (the bundle's ``quality`` block); None scores nothing. Defaults to None.
+        allow_missing_keys: don't raise if a key is absent. Defaults to False.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        source: Any = None,
+        logits_key: str = "logits",
+        quality: Mapping[str, Any] | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        from vacseg_monai.quality import QualityConfig
+
+        super().__init__(keys, allow_missing_keys)
+        if source is None:
+            raise ValueError("`source` (the InferenceInput from load_input) is required.")
+        self.source = source
+        self.logits_key = logits_key
+        self.config = None if quality is None else QualityConfig.from_mapping(quality)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Add ``quality`` (a :class:`~vacseg_monai.quality.QualityReport`) and drop the kept logits."""
+        from vacseg_monai.quality import assess_quality
+
+        d = dict(data)
+        logits = d.pop(self.logits_key, None)
+        if self.config is None or logits is None:
+            return d
+        for key in self.key_iterator(d):
+            labels = np.asarray(torch.as_tensor(d[key]).cpu().numpy()[0], dtype=np.uint8)
+            spacing = np.linalg.norm(np.asarray(self.source.affine, dtype=np.float64)[:3, :3], axis=0)
+            hu = self.source.image[0].numpy()
+            d["quality"] = assess_quality(torch.as_tensor(logits), labels, hu, spacing, self.config)
+        return d

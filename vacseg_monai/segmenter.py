@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from monai.data import MetaTensor
 
 from vacseg_monai.dicom.outputs import OutputKind
 from vacseg_monai.inputs import InferenceInput
+from vacseg_monai.labels import LABELS
 from vacseg_monai.paths import default_bundle_root
 from vacseg_monai.quality import QualityConfig, QualityReport, assess_quality
 from vacseg_monai.transforms import is_slice_wise
@@ -203,6 +204,8 @@ class BundleSegmenter:
         output: str | OutputKind = OutputKind.RTSTRUCT,
         root_uid: str | None = None,
         nifti: bool = True,
+        quality: QualityReport | None = None,
+        flagged_suffix: str | None = None,
     ) -> list[Path]:
         """Write the label map as the bundle's ``writer`` does (:func:`vacseg_monai.writers.write_inference_outputs`).
 
@@ -213,6 +216,9 @@ class BundleSegmenter:
             output: DICOM objects for DICOM input (default ``"rtstruct"``).
             root_uid: UID root (default: the config's).
             nifti: also write the NIfTI label map (default True).
+            quality: the segmentation's quality: each RTSTRUCT ROI then carries its score as a note (default None).
+            flagged_suffix: appended to the ROI / segment names of flagged structures (the node's
+                ``send-marked`` review policy; default None), within 64 characters.
 
         Returns:
             The written files.
@@ -220,4 +226,15 @@ class BundleSegmenter:
         Raises:
             ValueError: if the label map does not match the input or holds unknown values.
         """
-        return write_inference_outputs(source, labels, output_dir, output, root_uid or self.root_uid, nifti=nifti)
+        table = list(LABELS)
+        notes = None
+        if quality is not None:
+            notes = {label.value: quality.note(label.name) for label in table if label.name in quality.structures}
+            if flagged_suffix:
+                table = [
+                    replace(label, name=label.name[: 64 - len(flagged_suffix)] + flagged_suffix)
+                    if label.name in quality.flagged else label
+                    for label in table
+                ]
+        return write_inference_outputs(source, labels, output_dir, output, root_uid or self.root_uid, nifti=nifti,
+                                       label_table=table, roi_notes=notes)  # fmt: skip

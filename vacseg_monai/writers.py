@@ -18,6 +18,7 @@ of ``configs/inference.json``; the DICOM node calls the function through
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Hashable, Mapping, Sequence
@@ -69,6 +70,16 @@ def _write_mask_slices(labels: np.ndarray, source: InferenceInput, output_dir: P
     return written
 
 
+def write_quality_json(quality: Any, path: str | os.PathLike[str]) -> Path:
+    """Write a :class:`~vacseg_monai.quality.QualityReport` as JSON (temporary file, then rename); return the path."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(quality.as_dict(), indent=1))
+    os.replace(tmp, path)
+    logger.info("Quality %s -> %s", quality.summary(), path)
+    return path
+
+
 def write_inference_outputs(
     source: InferenceInput,
     labels: np.ndarray,
@@ -78,6 +89,7 @@ def write_inference_outputs(
     *,
     nifti: bool = True,
     label_table: Sequence[Label] = LABELS,
+    roi_notes: Mapping[int, str] | None = None,
 ) -> list[Path]:
     """Write every output for one label map ``(rows, cols, n)`` on ``source``'s grid; return the paths.
 
@@ -92,6 +104,7 @@ def write_inference_outputs(
         nifti: also write the NIfTI label map (default True; the DICOM node, which only sends DICOM
             back, skips it).
         label_table: the label table (default :data:`vacseg_monai.labels.LABELS`).
+        roi_notes: a short note per label value for the RTSTRUCT (default None).
 
     Raises:
         ValueError: if the label map does not match the input or holds unknown values, or ``output``
@@ -108,14 +121,19 @@ def write_inference_outputs(
     if source.kind is InputKind.NPY and source.slice_indices is not None:
         written.extend(_write_mask_slices(labels, source, output_dir))
     if source.kind is InputKind.DICOM and source.series is not None:
-        written.extend(write_outputs(labels, source.series, output_dir, output, root_uid, label_table=label_table))
+        written.extend(
+            write_outputs(labels, source.series, output_dir, output, root_uid, label_table=label_table,
+                          roi_notes=roi_notes)  # fmt: skip
+        )
     return written
 
 
 class SaveInferenceOutputsd(MapTransform):
     """Write the label maps under ``keys`` for ``source`` with :func:`write_inference_outputs`.
 
-    The written paths are stored under ``<key>_files``.
+    The written paths are stored under ``<key>_files``. When the data holds a ``quality`` report
+    (:class:`~vacseg_monai.postprocess.ScoreQualityd`), each RTSTRUCT ROI carries its score as a note
+    and ``<name>_quality.json`` is written beside the outputs.
 
     Args:
         keys: keys of the label maps ``(1, rows, cols, n)``. Defaults to ``"pred"``.
@@ -168,8 +186,14 @@ class SaveInferenceOutputsd(MapTransform):
             array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
             if array.ndim == 4 and array.shape[0] == 1:
                 array = array[0]
+            quality = d.get("quality")
+            notes = None if quality is None else {lb.value: quality.note(lb.name) for lb in self.label_table
+                                                  if lb.name in quality.structures}  # fmt: skip
             written = write_inference_outputs(
-                self.source, array, self.output_dir, self.output, self.root_uid, label_table=self.label_table
+                self.source, array, self.output_dir, self.output, self.root_uid, label_table=self.label_table,
+                roi_notes=notes,
             )
+            if quality is not None:
+                written.append(write_quality_json(quality, self.output_dir / f"{self.source.name}_quality.json"))
             d[f"{key}_files"] = [str(p) for p in written]
         return d

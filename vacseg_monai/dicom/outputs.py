@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -325,6 +325,7 @@ def write_outputs(
     root_uid: str = DEFAULT_ROOT_UID,
     *,
     label_table: Sequence[Label] = LABELS,
+    roi_notes: Mapping[int, str] | None = None,
 ) -> list[Path]:
     """Write a label map on a CT series as the DICOM objects ``kind`` names, into ``out_dir``.
 
@@ -337,6 +338,8 @@ def write_outputs(
         kind: ``"rtstruct"`` (default), ``"seg"``, ``"both"`` or ``"none"``.
         root_uid: UID root for the new objects (default :data:`DEFAULT_ROOT_UID`).
         label_table: the labels to write (default :data:`vacseg_monai.labels.LABELS`).
+        roi_notes: a short note per label value for the RTSTRUCT (default None; see
+            :func:`vacseg_monai.dicom.rtstruct.write_rtstruct`).
 
     Returns:
         The written files, RTSTRUCT first.
@@ -352,7 +355,7 @@ def write_outputs(
     out_dir = Path(out_dir)
     written: list[Path] = []
     if kind.rtstruct:
-        ds = write_rtstruct(labels, series, None, label_table=label_table, root_uid=root_uid)
+        ds = write_rtstruct(labels, series, None, label_table=label_table, root_uid=root_uid, roi_notes=roi_notes)
         written.append(save_atomic(ds, out_dir / output_file_name(ds)))
     if kind.seg:
         from vacseg_monai.dicom.seg import write_seg

@@ -117,6 +117,7 @@ def write_rtstruct(
     series_number: int = 901,
     structure_set_label: str = "VACSEG AUTO",
     now: datetime.datetime | None = None,
+    roi_notes: Mapping[int, str] | None = None,
 ) -> Dataset:
     """Write a label map in a CT series' geometry as an RT Structure Set.
 
@@ -146,6 +147,8 @@ def write_rtstruct(
         series_number: SeriesNumber (default 901).
         structure_set_label: StructureSetLabel, at most 16 characters (default "VACSEG AUTO").
         now: creation date/time (default: the current local time).
+        roi_notes: a short note per label value (e.g. its quality score), written as the ROI Observation
+            Description and appended to the ROI Generation Description within its 64 characters (default None).
 
     Returns:
         the RT Structure Set dataset (with ``file_meta``).
@@ -203,8 +206,9 @@ def write_rtstruct(
     ds.ReferencedFrameOfReferenceSequence = DicomSequence(
         [_referenced_frame_of_reference(for_uid, str(series.study_instance_uid), str(series.series_instance_uid), sop_class, sop_uids)]
     )
+    notes = dict(roi_notes or {})
     ds.StructureSetROISequence = DicomSequence(
-        [_structure_set_roi(label, for_uid) for label in label_table]
+        [_structure_set_roi(label, for_uid, notes.get(label.value)) for label in label_table]
     )
     # ROI Contour
     spacing = tuple(float(v) for v in series.pixel_spacing)
@@ -217,7 +221,7 @@ def write_rtstruct(
     )
     # RT ROI Observations
     ds.RTROIObservationsSequence = DicomSequence(
-        [_observation(index + 1, label) for index, label in enumerate(label_table)]
+        [_observation(index + 1, label, notes.get(label.value)) for index, label in enumerate(label_table)]
     )
     # Approval: automatic contours are never approved by this software.
     ds.ApprovalStatus = "UNAPPROVED"
@@ -266,22 +270,25 @@ def _referenced_frame_of_reference(
     return ref_for
 
 
-def _structure_set_roi(label: Label, for_uid: str) -> Dataset:
+def _structure_set_roi(label: Label, for_uid: str, note: str | None = None) -> Dataset:
     item = Dataset()
     item.ROINumber = label.value
     item.ReferencedFrameOfReferenceUID = for_uid
-    item.ROIName = label.name
+    item.ROIName = label.name[:64]
     item.ROIDescription = label.description[:64]
     item.ROIGenerationAlgorithm = "AUTOMATIC"
-    item.ROIGenerationDescription = f"vacseg_monai {__version__}"[:64]
+    generation = f"vacseg_monai {__version__}" + (f"; {note}" if note else "")
+    item.ROIGenerationDescription = generation[:64]  # LO
     return item
 
 
-def _observation(number: int, label: Label) -> Dataset:
+def _observation(number: int, label: Label, note: str | None = None) -> Dataset:
     item = Dataset()
     item.ObservationNumber = number
     item.ReferencedROINumber = label.value
-    item.ROIObservationLabel = label.name
+    item.ROIObservationLabel = label.name[:16]  # SH
+    if note:
+        item.ROIObservationDescription = note[:1024]  # ST
     item.RTROIInterpretedType = label.rt_roi_type.value
     item.ROIInterpreter = ""
     return item

@@ -232,7 +232,8 @@ class BundleProcessor:
 
         start = time.perf_counter()
         written = self.segmenter.write(
-            source, result.labels, job_dir / "output", self.output, self.root_uid, nifti=False
+            source, result.labels, job_dir / "output", self.output, self.root_uid, nifti=False,
+            quality=result.quality, flagged_suffix=self.review_suffix if self.mark_flagged else None,
         )
         timings["write"] = time.perf_counter() - start
         _write_timings(job_dir, timings)

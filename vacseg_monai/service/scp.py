@@ -41,6 +41,7 @@ from pynetdicom.sop_class import Verification
 from vacseg_monai.dicom.series import DEFER_SIZE
 from vacseg_monai.service.config import NodeConfig
 from vacseg_monai.service.jobs import JobState, JobStore, fsync_file, move_atomic, write_atomic
+from vacseg_monai.service.review import ControlListener
 from vacseg_monai.service.uids import InvalidUIDError, sanitize_uid
 from vacseg_monai.service.worker import WorkerProcess
 
@@ -478,6 +479,8 @@ class DicomNode:
         )
         self._server = None
         self._stop = threading.Event()
+        # `serve_scp.py --approve JOB` in another process wakes the worker through this socket.
+        self.control = ControlListener(config.output_directory, self.worker.submit)
 
     @property
     def port(self) -> int:
@@ -504,6 +507,7 @@ class DicomNode:
         self.incoming.mkdir(parents=True)
         self.assembler.recover()
         self.worker.start()
+        self.control.start()
         ae = AE(ae_title=cfg.ae_title)
         ae.acse_timeout = cfg.acse_timeout
         ae.dimse_timeout = cfg.dimse_timeout
@@ -553,6 +557,7 @@ class DicomNode:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        self.control.stop()
         self.assembler.close()
         self.worker.stop(timeout)
 
