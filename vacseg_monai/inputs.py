@@ -43,7 +43,7 @@ from vacseg_monai.dicom.geometry import affine_lps, lps_to_ras
 if TYPE_CHECKING:
     from vacseg_monai.dicom.series import CTSeries, DecodedSlice
 
-__all__ = ["InferenceInput", "InferenceInputError", "InputKind", "load_input"]
+__all__ = ["InferenceInput", "InferenceInputError", "InputKind", "couch_at_top", "load_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,10 @@ class InferenceInput:
         name: stem for output file names (input folder or file name, sanitised).
         series: the DICOM series (DICOM input only), for the RTSTRUCT / SEG writers.
         slice_indices: npy file numbers in slice order (npy input only).
+        rows_flipped: the DICOM series stores its images with the couch at the top (e.g. a supine
+            patient with the columns running anteriorly); ``image`` (and its affine) is flipped up-down
+            so that the couch lies at the bottom, as the model was trained, and the DICOM writers flip
+            the label map back to the stored order (:func:`couch_at_top`).
     """
 
     path: Path
@@ -88,6 +92,7 @@ class InferenceInput:
     name: str
     series: CTSeries | None = None
     slice_indices: tuple[int, ...] | None = None
+    rows_flipped: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -207,14 +212,41 @@ def _load_dicom(
         series = read_series(path, series_uid=series_uid or None, decoded=decoded)
     except NoSeriesError as exc:
         raise InferenceInputError(f"{path} is none of {_LOOKED_FOR}: {exc}") from exc
-    volume = series.volume
+    volume, affine = series.volume.as_tensor(), np.asarray(series.affine_ras, dtype=np.float64)
+    flipped = couch_at_top(series)
+    if flipped:
+        logger.info("Series %s stores its images with the couch at the top; segmenting them flipped up-down",
+                    series.series_instance_uid)  # fmt: skip
+        volume = volume.flip(1)
+        flip = np.eye(4)
+        flip[0, 0], flip[0, 3] = -1.0, volume.shape[1] - 1
+        affine = affine @ flip
     return InferenceInput(
         path=path,
         kind=InputKind.DICOM,
-        image=_as_image(volume.as_tensor(), series.affine_ras, path),
+        image=_as_image(volume, affine, path),
         name=_safe_name(path.name),
         series=series,
+        rows_flipped=flipped,
     )
+
+
+#: Where the couch lies, as a direction in the patient's LPS axes, by Patient Position (0018,5100).
+_COUCH_DIRECTION = {"S": (0.0, 1.0, 0.0), "P": (0.0, -1.0, 0.0), "DL": (1.0, 0.0, 0.0), "DR": (-1.0, 0.0, 0.0)}
+
+
+def couch_at_top(series: CTSeries) -> bool:
+    """True when the series' rows run away from the couch, i.e. the couch is at the top of each stored image.
+
+    The couch lies posterior to a supine (HFS/FFS) patient, anterior to a prone one (HFP/FFP) and to the left
+    or right in decubitus (HFDL/HFDR/...); a series without Patient Position is taken as supine. The column
+    direction of Image Orientation (Patient) then says whether row numbers grow towards the couch.
+    """
+    first = series.datasets[0]
+    position = str(first.get("PatientPosition", "") or "HFS").upper()
+    couch = _COUCH_DIRECTION.get(position[2:], _COUCH_DIRECTION["S"])
+    column_direction = np.asarray([float(v) for v in first.ImageOrientationPatient][3:6])
+    return float(column_direction @ np.asarray(couch)) < -0.5
 
 
 def load_input(

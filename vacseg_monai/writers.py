@@ -121,6 +121,8 @@ def write_inference_outputs(
     if source.kind is InputKind.NPY and source.slice_indices is not None:
         written.extend(_write_mask_slices(labels, source, output_dir))
     if source.kind is InputKind.DICOM and source.series is not None:
+        if source.rows_flipped:  # back to the order the series stores its pixels in
+            labels = np.ascontiguousarray(labels[::-1])
         written.extend(
             write_outputs(labels, source.series, output_dir, output, root_uid, label_table=label_table,
                           roi_notes=roi_notes)  # fmt: skip

@@ -190,7 +190,7 @@ class BundleProcessor:
         None (preprocess the whole volume instead) when fewer than three quarters were done ahead:
         one slice at a time costs about twice as much per slice as the whole volume at once.
         """
-        if source.series is None or not ahead:
+        if source.series is None or not ahead or source.rows_flipped:  # slices were preprocessed as stored
             return None
         slices = [ahead.get(path) for path in source.series.files]
         missing = [k for k, item in enumerate(slices) if item is None]
