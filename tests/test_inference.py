@@ -86,7 +86,7 @@ def test_network_def_and_shared_keys_match_train_json():
 
 def test_postprocessing_is_built_from_the_named_steps():
     inference = json.loads(INFERENCE_JSON.read_text())
-    assert inference["postprocessing"]["transforms"] == ["@resample_argmax", "@clean_up", "@writer"]
+    assert inference["postprocessing"]["transforms"] == ["@resample_argmax", "@clean_up", "@score_quality", "@writer"]
     parser = _parser(**TINY)
     assert type(parser.get_parsed_content("resample_argmax")).__name__ == "ResampleArgmaxd"
     clean_up = parser.get_parsed_content("clean_up")
@@ -134,7 +134,11 @@ def test_cli_on_dicom_series_writes_nifti_rtstruct_and_seg(tmp_path, phantom):
 
     (rtstruct,) = out.glob("RS.*.dcm")
     (seg,) = out.glob("SEG.*.dcm")
-    assert sorted(p.name for p in out.iterdir()) == sorted(["CT_series_labels.nii.gz", rtstruct.name, seg.name])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["CT_series_labels.nii.gz", "CT_series_quality.json", rtstruct.name, seg.name]
+    )
+    quality = json.loads((out / "CT_series_quality.json").read_text())
+    assert list(quality["structures"]) == [label.name for label in LABELS]
     assert _dciodvfy_errors(rtstruct) == []
     assert _dciodvfy_errors(seg) == []
     import pydicom
@@ -178,7 +182,7 @@ def test_nifti_input_keeps_grid_and_affine(tmp_path, phantom):
     out = tmp_path / "out"
     _run_in_process(input=str(path), output_dir=str(out), ckpt_path=str(ckpt), output="both", **TINY)
 
-    assert sorted(p.name for p in out.iterdir()) == ["dog_labels.nii.gz"]  # no DICOM objects without a series
+    assert sorted(p.name for p in out.iterdir()) == ["dog_labels.nii.gz", "dog_quality.json"]  # no DICOM objects
     nifti = nib.load(str(out / "dog_labels.nii.gz"))
     assert nifti.shape == phantom.image.shape
     np.testing.assert_allclose(nifti.affine, affine, atol=1e-5)
