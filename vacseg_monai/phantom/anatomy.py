@@ -220,12 +220,13 @@ def _draw_limbs(rng: np.random.Generator, u: np.ndarray, a_max: float, region: R
         sides = (-1.0, 1.0) if rng.uniform() < 0.5 else (0.0,)
         return [Limb(np.ones(n), r, rng.uniform(0.0, 0.2) if sides != (0.0,) else 0.0, 0.0, sides)]
     limbs = []
-    # Dorsal recumbency: limbs pulled forward beside the neck and back behind the pelvis,
-    # ventral (up). Sternal: forelimbs forward under the head, hind limbs folded beside the abdomen.
+    # Dorsal recumbency: limbs pulled forward beside the neck and back behind the pelvis, on the
+    # ventral side (up). Sternal: forelimbs forward under the head, hind limbs folded beside the
+    # abdomen, also ventral, which is down once the scene flips the patch.
     if recumbency == Recumbency.DORSAL:
         spans = ((-0.28, 0.16, -0.45), (0.98, 1.45, -0.35))
     else:
-        spans = ((-0.3, 0.2, 0.55), (0.78, 1.12, 0.5))
+        spans = ((-0.3, 0.2, -0.55), (0.78, 1.12, -0.5))
     for u0, u1, vertical in spans:
         w = smoothstep((u - u0) / 0.04) * smoothstep((u1 - u) / 0.04)
         if np.max(w) <= 0.05 or rng.uniform() < 0.15:

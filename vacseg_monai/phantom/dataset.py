@@ -185,10 +185,17 @@ def generate_dataset(
 
 
 def _save_montage(panels: list, path: str | Path, version: int) -> None:
-    """CT (top row) and truth labels (bottom row) of the panels, as one PNG."""
+    """CT and truth labels of the panels as one PNG: rows of CT, each above the same slices' labels."""
     from vacseg_monai.qa import OverlayPanel, save_overlay_montage
 
-    plain = [OverlayPanel(p.image, None, None, p.title) for p in panels]
-    world = "clean v1 world" if version == 1 else "v2: varied species, regions, devices and scanners"
-    save_overlay_montage(plain + panels, path, n_cols=len(panels),
-                         suptitle=f"Synthetic planning CT phantoms ({world}): CT (top) and truth labels (bottom)")
+    n_cols = len(panels) if version == 1 else min(len(panels), 5)
+    ordered = []
+    for start in range(0, len(panels), n_cols):
+        row = panels[start:start + n_cols]
+        ordered += [OverlayPanel(p.image, None, None, p.title) for p in row] + row
+    if version == 1:
+        title = "Synthetic canine CT phantoms (generator v1): CT (top) and truth labels (bottom)"
+    else:
+        title = ("Synthetic planning CT phantoms (generator v2), middle slice of each patient: "
+                 "CT above its truth labels")
+    save_overlay_montage(ordered, path, n_cols=n_cols, suptitle=title, dpi=100 if version == 1 else 80)

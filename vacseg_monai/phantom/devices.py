@@ -114,6 +114,8 @@ class VacuumBag:
     bead_mean: float
     bead_std: float
     film_hu: float
+    flare: float = 0.0
+    relief: tuple[float, float, float] = (0.0, 30.0, 0.0)
     gaps: list[tuple[float, float, float, int, float]] = field(default_factory=list)
     creases: list[tuple[int, int, int, float, float, float]] = field(default_factory=list)
     valve: tuple[int, int, int, float, float] | None = None
@@ -359,7 +361,9 @@ def draw_bag(rng: np.random.Generator, n_slices: int, thickness: float, a_max: f
         k0=k0, k1=k1, t_bottom=rng.uniform(12.0, 55.0) * size, t_wall=rng.uniform(15.0, 55.0, 2) * size,
         wall_frac=rng.uniform(0.05, 0.9, 2) if rng.uniform() < 0.5 else np.full(2, rng.uniform(0.1, 0.8)),
         corner_r=rng.uniform(8.0, 30.0), bead_mean=rng.uniform(-880.0, -740.0), bead_std=rng.uniform(35.0, 70.0),
-        film_hu=rng.uniform(-350.0, -60.0), gaps=gaps, creases=creases, valve=valve,
+        film_hu=rng.uniform(-350.0, -60.0), flare=rng.uniform(0.0, 35.0) * size,
+        relief=(rng.uniform(0.0, 4.0), rng.uniform(15.0, 60.0), rng.uniform(0.0, 2 * np.pi)),
+        gaps=gaps, creases=creases, valve=valve,
     )
 
 
@@ -378,8 +382,8 @@ def _row_extents(body: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def cradle(body: np.ndarray, ys: np.ndarray, xs: np.ndarray, y_base: float, t_wall: np.ndarray,
-           wall_frac: np.ndarray, corner_r: float = 10.0, gaps: tuple[np.ndarray, np.ndarray] | None = None
-           ) -> np.ndarray:
+           wall_frac: np.ndarray, corner_r: float = 10.0, gaps: tuple[np.ndarray, np.ndarray] | None = None,
+           flare: float = 0.0, relief: np.ndarray | None = None) -> np.ndarray:
     """A cradle moulded round the body: a floor from the body down to ``y_base`` and walls up its sides.
 
     Args:
@@ -391,6 +395,8 @@ def cradle(body: np.ndarray, ys: np.ndarray, xs: np.ndarray, y_base: float, t_wa
         wall_frac: (left, right) wall height as a share of the body height.
         corner_r: radius of the rounded lower corners in mm, default 10.
         gaps: optional (left, right) per-row air gaps (mm) between the cradle and the body.
+        flare: how much wider (mm) each wall is at its foot than the mould alone makes it, default 0.
+        relief: optional per-row bumps (mm) of the outer surface.
 
     Returns:
         bool mask, never overlapping the body.
@@ -409,9 +415,13 @@ def cradle(body: np.ndarray, ys: np.ndarray, xs: np.ndarray, y_base: float, t_wa
     for side, sign, edge in ((0, -1.0, left), (1, 1.0, right)):
         y_top = y_b - wall_frac[side] * (y_b - y_top_body)
         s = smoothstep((ys - y_top) / (0.5 * (y_b - y_top) + 1e-6))
+        lip = np.sqrt(np.clip((ys - y_top) / (0.2 * t_wall[side] + 1e-6), 0.0, 1.0))  # rounded upper edge
         # In the mirrored coordinate sign * x both walls grow outwards to larger values.
-        reach = np.where((ys >= y_top) & has, sign * edge + t_wall[side] * (0.35 + 0.65 * s), -np.inf)
+        reach = np.where((ys >= y_top) & has, sign * edge + t_wall[side] * (0.35 + 0.65 * s) * lip, -np.inf)
         reach = np.maximum.accumulate(reach) - rounding
+        reach += flare * np.clip((ys - y_top) / (y_base - y_top + 1e-6), 0.0, 1.0)
+        if relief is not None:
+            reach += relief
         reach = np.where(below, reach, -np.inf)
         gap = gaps[side] if gaps is not None else 0.0
         hull = np.where(has, sign * edge + gap, -np.inf)
@@ -468,8 +478,10 @@ def bag_slice(bag: VacuumBag, k: int, thickness: float, body: np.ndarray, ys: np
         return empty, empty, empty
     y_top, y_b = ys[has[0]], ys[has[-1]]
     gaps = _bag_gaps(bag, k, ys, y_top, y_b)
+    amp, period, phase = bag.relief
+    relief = amp * np.sin(2 * np.pi * ys / period + phase + 0.3 * k) * np.sin(0.7 * k + phase)
     mask = cradle(body, ys, xs, y_base, bag.t_wall * (0.55 + 0.45 * taper), bag.wall_frac * (0.45 + 0.55 * taper),
-                  bag.corner_r, gaps)
+                  bag.corner_r, gaps, bag.flare * taper, relief)
     film = boundary(mask)
     valve = np.zeros(body.shape, bool)
     for c0, c1, side, frac, length, angle in bag.creases:
