@@ -82,8 +82,9 @@ class Region(str, enum.Enum):
     LIMB = "limb"
 
 
-_REGION_CENTRE_U = {Region.HEAD_NECK: -0.12, Region.THORAX: 0.36, Region.ABDOMEN: 0.72, Region.PELVIS: 1.02,
-                    Region.TRUNK: 0.5}
+# Range of the series' middle along u per region; head and pelvis scans may run past the nose or the tail.
+_REGION_CENTRE_U = {Region.HEAD_NECK: (-0.32, -0.04), Region.THORAX: (0.28, 0.44), Region.ABDOMEN: (0.64, 0.8),
+                    Region.PELVIS: (0.94, 1.25), Region.TRUNK: (0.42, 0.58), Region.LIMB: (0.42, 0.58)}
 
 
 @dataclass
@@ -254,7 +255,7 @@ def _draw_series_span(rng: np.random.Generator, region: Region, n_slices: int, t
                       trunk_len: float) -> tuple[np.ndarray, bool]:
     """Trunk coordinate ``u`` of each slice and whether slice 0 is the cranial end."""
     span = n_slices * thickness / trunk_len
-    centre = _REGION_CENTRE_U.get(region, 0.5) + rng.uniform(-0.08, 0.08)
+    centre = rng.uniform(*_REGION_CENTRE_U[region])
     cranial_first = bool(rng.integers(0, 2))
     frac = np.arange(n_slices) / max(n_slices - 1, 1)
     u = centre - 0.5 * span + span * (frac if cranial_first else 1.0 - frac)

@@ -233,12 +233,13 @@ def _body_slice(scene: Scene, canvas: _Canvas, k: int) -> tuple[np.ndarray, np.n
 
 
 def _mould(scene: Scene, canvas: _Canvas, k: int) -> np.ndarray:
-    """The body's impression for the bag in slice ``k``: the nearest slice that holds the animal."""
+    """The body's impression for the bag in slice ``k``: the nearest slice whose painted animal is not empty."""
     present = np.flatnonzero(scene.animal.has_body)
-    if present.size == 0:
-        return np.zeros((canvas.ysc.size, canvas.xsc.size), bool)
-    nearest = int(present[np.argmin(np.abs(present - k))])
-    return _body_slice(scene, canvas, nearest)[2]
+    for nearest in present[np.argsort(np.abs(present - k), kind="stable")][:12]:
+        mask = _body_slice(scene, canvas, int(nearest))[2]
+        if mask.any():
+            return mask
+    return np.zeros((canvas.ysc.size, canvas.xsc.size), bool)
 
 
 def _paint(hu: np.ndarray, tissue: np.ndarray, label: np.ndarray, mask: np.ndarray, value: float | np.ndarray,
