@@ -454,12 +454,13 @@ def _paint_lungs(animal: Animal, k: int, patch: BodyPatch, w: dict[str, float], 
         heart = (-0.1 * bt, 0.05 * a, 0.36 * bt * w["heart"], 0.34 * a * w["heart"], 0.2)
         paint_ellipse(hu, tissue, ys, xs, heart, animal.hu["soft"] + 0.8 * (animal.contrast_hu or 0.0),
                       Tissue.CONTRAST if animal.contrast_hu else Tissue.SOFT, within=cavity)
-        lungs &= ~((((ys[:, None] - heart[0]) / max(heart[2], 1e-3)) ** 2
-                    + ((xs[None, :] - heart[1]) / max(heart[3], 1e-3)) ** 2) <= 1.0)
-    found = patch.window(patch.fine_tile, k)
+        found = ellipse_window(ys, xs, *heart)
+        if found is not None:
+            lungs[found[0]] &= ~found[1]
+    fine = patch.window(patch.fine_tile, k)
     organ = patch.window(patch.organ_tile, k)
-    vessels = (organ > 1.6) & (found > 1.0)
-    fill(hu, lungs, found * np.float32(15.0) + np.float32(animal.hu["lung"]))
+    vessels = (organ > 1.6) & (fine > 1.0)
+    fill(hu, lungs, fine * np.float32(15.0) + np.float32(animal.hu["lung"]))
     fill(hu, lungs & vessels, np.float32(animal.hu["lung"] + 450.0))
     fill(tissue, lungs & ~vessels, Tissue.LUNG)
     fill(tissue, lungs & vessels, Tissue.SOFT)

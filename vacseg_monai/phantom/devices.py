@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from vacseg_monai.labels import label_by_name
 from vacseg_monai.phantom.model import Tissue
 from vacseg_monai.phantom.shapes import ellipse_window, smoothstep, texture_tile
 
@@ -38,6 +39,7 @@ __all__ = [
     "draw_couch",
     "draw_supports",
     "granular_tile",
+    "has_bar",
     "indexing_bar",
     "support_slice",
 ]
@@ -180,8 +182,6 @@ def couch_planes(couch: Couch, ys: np.ndarray, xs: np.ndarray,
     Returns:
         float32 HU (air elsewhere), uint8 tissue and uint8 label planes.
     """
-    from vacseg_monai.labels import label_by_name
-
     rows, ax = ys[:, None], np.abs(xs)[None, :]
     top = y_c - _sag(couch, xs)[None, :]
     edge = np.clip(ax / couch.half_width, 0, 1)
@@ -212,10 +212,13 @@ def couch_planes(couch: Couch, ys: np.ndarray, xs: np.ndarray,
     return hu, tissue, label
 
 
-def indexing_bar(couch: Couch, z: float, ys: np.ndarray, xs: np.ndarray, y_c: float) -> np.ndarray | None:
-    """Mask of an indexing bar lying across the couch top at table position ``z``, if one is there."""
-    if not any(z0 <= z < z1 for z0, z1 in couch.bars):
-        return None
+def has_bar(couch: Couch, z: float) -> bool:
+    """Whether an indexing bar lies across the couch at table position ``z`` (mm)."""
+    return any(z0 <= z < z1 for z0, z1 in couch.bars)
+
+
+def indexing_bar(couch: Couch, ys: np.ndarray, xs: np.ndarray, y_c: float) -> np.ndarray:
+    """Mask of an indexing bar lying across the couch top, in a slice that holds one."""
     top = (y_c - _sag(couch, xs))[None, :]
     rows = ys[:, None]
     return (rows < top) & (rows >= top - couch.bar_height) & (np.abs(xs)[None, :] <= 0.85 * couch.half_width)
@@ -316,16 +319,26 @@ def support_slice(support: Support, body: np.ndarray, ys: np.ndarray, xs: np.nda
             mask[found[0]] = found[1]
         return mask
     if support.kind == SupportKind.BLANKET:
-        n = max(int(round(support.thickness / spacing)), 1)
-        grown = ndimage.binary_dilation(body, iterations=n + 1)
-        body_rows = np.flatnonzero(body.any(axis=1))
-        y_mid = ys[int(body_rows[int(0.55 * (body_rows.size - 1))])]
-        return grown & ~ndimage.binary_dilation(body, iterations=1) & (rows <= y_mid)
+        return _blanket(body, ys, max(int(round(support.thickness / spacing)), 1))
     rest = cradle(body, ys, xs, y_base, np.full(2, support.wall_t), np.full(2, support.wall_frac))
     if support.hu_std > 0:
         return rest
     # a plastic head rest is a shell of about 3 mm
     return rest & ~ndimage.binary_erosion(rest, iterations=max(int(round(3.0 / spacing)), 1))
+
+
+def _blanket(body: np.ndarray, ys: np.ndarray, n: int) -> np.ndarray:
+    """A layer ``n`` pixels thick draped over the upper half of the body, one pixel off its skin."""
+    body_rows = np.flatnonzero(body.any(axis=1))
+    body_cols = np.flatnonzero(body.any(axis=0))
+    r0, c0 = max(int(body_rows[0]) - n - 2, 0), max(int(body_cols[0]) - n - 2, 0)
+    window = (slice(r0, int(body_rows[-1]) + n + 3), slice(c0, int(body_cols[-1]) + n + 3))
+    part = body[window]
+    layer = ndimage.binary_dilation(part, iterations=n + 1) & ~ndimage.binary_dilation(part, iterations=1)
+    out = np.zeros(body.shape, bool)
+    out[window] = layer
+    y_mid = ys[int(body_rows[int(0.55 * (body_rows.size - 1))])]
+    return out & (ys[:, None] <= y_mid)
 
 
 # --------------------------------------------------------------------------- vacuum bag

@@ -156,20 +156,35 @@ class ScannerModel:
             fade = np.exp(-dist / 60.0) * (dist > 2.5)
             plane[r0:r1, c0:c1] += (s.streak_hu * rays * fade).astype(np.float32)
 
-    def apply(self, plane: np.ndarray, k: int, metal: list[tuple[float, float]], out: np.ndarray) -> None:
+    def static(self, plane: np.ndarray) -> np.ndarray:
+        """Blur (and sharpen) a plane that is the same in many slices, once: see :meth:`apply`."""
+        out = self._blur(plane.copy())
+        if self.scanner.sharpen > 0:
+            out += np.float32(self.scanner.sharpen) * (out - self._blur(out.copy()))
+        return out
+
+    def apply(self, plane: np.ndarray, k: int, metal: list[tuple[float, float]], out: np.ndarray,
+              crop: tuple[slice, slice], static: np.ndarray) -> None:
         """Turn painted slice ``k`` (float32 HU, modified in place) into stored HU in ``out`` (int16).
+
+        Only ``crop`` is blurred here; outside it the slice equals a static plane (the couch),
+        whose blurred form :meth:`static` made once.
 
         Args:
             plane: the painted slice.
             k: slice index (selects the noise window).
             metal: (row, column) mm centres of metal in the slice.
             out: int16 destination, same shape.
+            crop: the region that differs from the static plane.
+            static: the blurred static plane.
         """
         s = self.scanner
         obj = plane > _OBJECT_HU
-        self._blur(plane)
+        painted = self._blur(plane[crop].copy())
         if s.sharpen > 0:
-            plane += np.float32(s.sharpen) * (plane - self._blur(plane.copy()))
+            painted += np.float32(s.sharpen) * (painted - self._blur(painted.copy()))
+        plane[...] = static
+        plane[crop] = painted
         if s.cupping_hu > 0:
             plane += self.cupping * obj
         if self.rim is not None:

@@ -125,11 +125,15 @@ def draw_scene(rng: np.random.Generator, with_bag: bool = True) -> Scene:
 
 @dataclass
 class _Canvas:
-    """Per-patient render state: grids, static couch planes, crop and device textures."""
+    """Per-patient render state: grids, crop, device textures and the static couch planes.
+
+    ``couch[bar]`` holds the HU, tissue and label planes of the couch top without (False) or
+    with (True) an indexing bar, and the HU plane as the scanner blurs it.
+    """
 
     ys: np.ndarray
     xs: np.ndarray
-    couch: tuple[np.ndarray, np.ndarray, np.ndarray]
+    couch: dict[bool, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
     crop: tuple[slice, slice]
     textures: dict[str, np.ndarray]
     offsets: np.ndarray
@@ -175,12 +179,25 @@ def _canvas(scene: Scene, size: int, trng: np.random.Generator) -> _Canvas:
         "drift": texture_tile(trng, shape, 12.0 / spacing),
     }
     centre = (scene.y_c - float(np.mean(scene.lift)) - hh, float(np.mean(scene.cx)))
+    model = ScannerModel(scene.scanner, ys, xs, centre, max(hh, hw) * 1.3, scene.n_slices, trng)
     return _Canvas(
-        ys=ys, xs=xs, couch=devices.couch_planes(scene.couch, ys, xs, scene.y_c),
+        ys=ys, xs=xs, couch=_couch_planes(scene.couch, ys, xs, scene.y_c, model),
         crop=(slice(r0, r1), slice(c0, c1)), textures=textures, offsets=trng.integers(0, 32, (scene.n_slices, 2)),
-        patch=BodyPatch.for_animal(scene.animal, spacing, trng),
-        model=ScannerModel(scene.scanner, ys, xs, centre, max(hh, hw) * 1.3, scene.n_slices, trng),
+        patch=BodyPatch.for_animal(scene.animal, spacing, trng), model=model,
     )
+
+
+def _couch_planes(couch: Couch, ys: np.ndarray, xs: np.ndarray, y_c: float,
+                  model: ScannerModel) -> dict[bool, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Couch planes without and with an indexing bar (HU, tissue, label, blurred HU)."""
+    hu, tissue, label = devices.couch_planes(couch, ys, xs, y_c)
+    planes = {False: (hu, tissue, label, model.static(hu))}
+    if couch.bars:
+        hu, tissue, label = hu.copy(), tissue.copy(), label.copy()
+        bar = devices.indexing_bar(couch, ys, xs, y_c) & (tissue != Tissue.COUCH_SHELL)
+        _paint(hu, tissue, label, bar, couch.bar_hu, Tissue.COUCH_SHELL, _COUCH)
+        planes[True] = (hu, tissue, label, model.static(hu))
+    return planes
 
 
 def _place_patch(scene: Scene, canvas: _Canvas, k: int, y_bottom: float) -> tuple[np.ndarray, int, int] | None:
@@ -282,13 +299,16 @@ def _paint_supports(scene: Scene, canvas: _Canvas, k: int, planes: tuple, body: 
                    BACKGROUND)
 
 
-def _render_slice(scene: Scene, canvas: _Canvas, k: int, planes: tuple) -> list:
-    """Paint slice ``k`` into full-size (HU, tissue, label) planes; returns the metal centres."""
-    hu_full, tissue_full, label_full = planes
-    for dst, src in zip(planes, canvas.couch):
+def _render_slice(scene: Scene, canvas: _Canvas, k: int, planes: tuple) -> tuple[list, np.ndarray]:
+    """Paint slice ``k`` into full-size (HU, tissue, label) planes.
+
+    Returns:
+        the metal centres (scene mm) and the blurred static couch plane of the slice.
+    """
+    couch = canvas.couch[devices.has_bar(scene.couch, k * scene.thickness)]
+    for dst, src in zip(planes, couch[:3]):
         dst[...] = src
-    crop = canvas.crop
-    hu, tissue, label = hu_full[crop], tissue_full[crop], label_full[crop]
+    hu, tissue, label = (plane[canvas.crop] for plane in planes)
     body_hu, body_tissue, body, metal = _body_slice(scene, canvas, k)
     ysc, xsc = canvas.ysc, canvas.xsc
     for slab in scene.active(SupportKind.MATTRESS, k) + scene.active(SupportKind.GEL_PAD, k):
@@ -299,15 +319,11 @@ def _render_slice(scene: Scene, canvas: _Canvas, k: int, planes: tuple) -> list:
     y_base = scene.y_c - float(scene.slab_t[k])
     if scene.in_bag(k):
         _paint_bag(scene, canvas, k, (hu, tissue, label), body, y_base)
-    bar = devices.indexing_bar(scene.couch, k * scene.thickness, canvas.ys, canvas.xs, scene.y_c)
-    if bar is not None:
-        bar &= tissue_full != Tissue.COUCH_SHELL
-        _paint(hu_full, tissue_full, label_full, bar, scene.couch.bar_hu, Tissue.COUCH_SHELL, _COUCH)
     _paint_supports(scene, canvas, k, (hu, tissue, label), body, y_base)
     np.copyto(hu, body_hu, where=body)
     np.copyto(tissue, body_tissue, where=body)
     np.copyto(label, np.uint8(_BODY), where=body)
-    return metal
+    return metal, couch[3]
 
 
 def generate_phantom_v2(seed: int, *, size: int = 512) -> Phantom:
@@ -332,8 +348,8 @@ def generate_phantom_v2(seed: int, *, size: int = 512) -> Phantom:
     hu = np.empty((size, size), np.float32)
     outside = ~canvas.model.circle
     for k in range(n):
-        metal = _render_slice(scene, canvas, k, (hu, tissue_vol[k], label_vol[k]))
-        canvas.model.apply(hu, k, metal, image[k])
+        metal, static = _render_slice(scene, canvas, k, (hu, tissue_vol[k], label_vol[k]))
+        canvas.model.apply(hu, k, metal, image[k], canvas.crop, static)
         label_vol[k][outside] = BACKGROUND
         tissue_vol[k][outside] = Tissue.AIR
     return _phantom(scene, int(seed), image, label_vol, tissue_vol, size)
