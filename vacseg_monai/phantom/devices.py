@@ -105,7 +105,13 @@ class Support:
 
 @dataclass
 class VacuumBag:
-    """A vacuum bag over slices ``[k0, k1)``; ``t_wall``/``wall_frac`` are (left, right)."""
+    """A vacuum bag over slices ``[k0, k1)``.
+
+    ``t_wall`` and ``wall_frac`` are (left, right); ``flare`` widens the walls towards their
+    foot (mm); ``relief`` is (amplitude mm, period down the wall mm, period along the table mm,
+    phase) of the bumps of the outer surface; ``gaps``, ``creases`` and ``valve`` are runs of
+    slices with an air gap at the body, a wrinkle of film, the valve.
+    """
 
     k0: int
     k1: int
@@ -117,7 +123,7 @@ class VacuumBag:
     bead_std: float
     film_hu: float
     flare: float = 0.0
-    relief: tuple[float, float, float] = (0.0, 30.0, 0.0)
+    relief: tuple[float, float, float, float] = (0.0, 30.0, 100.0, 0.0)
     gaps: list[tuple[float, float, float, int, float]] = field(default_factory=list)
     creases: list[tuple[int, int, int, float, float, float]] = field(default_factory=list)
     valve: tuple[int, int, int, float, float] | None = None
@@ -375,7 +381,7 @@ def draw_bag(rng: np.random.Generator, n_slices: int, thickness: float, a_max: f
         wall_frac=rng.uniform(0.05, 0.9, 2) if rng.uniform() < 0.5 else np.full(2, rng.uniform(0.1, 0.8)),
         corner_r=rng.uniform(8.0, 30.0), bead_mean=rng.uniform(-880.0, -740.0), bead_std=rng.uniform(35.0, 70.0),
         film_hu=rng.uniform(-350.0, -60.0), flare=rng.uniform(0.0, 35.0) * size,
-        relief=(rng.uniform(0.0, 4.0), rng.uniform(15.0, 60.0), rng.uniform(0.0, 2 * np.pi)),
+        relief=(rng.uniform(0.0, 2.5), rng.uniform(25.0, 80.0), rng.uniform(60.0, 150.0), rng.uniform(0.0, 2 * np.pi)),
         gaps=gaps, creases=creases, valve=valve,
     )
 
@@ -491,8 +497,8 @@ def bag_slice(bag: VacuumBag, k: int, thickness: float, body: np.ndarray, ys: np
         return empty, empty, empty
     y_top, y_b = ys[has[0]], ys[has[-1]]
     gaps = _bag_gaps(bag, k, ys, y_top, y_b)
-    amp, period, phase = bag.relief
-    relief = amp * np.sin(2 * np.pi * ys / period + phase + 0.3 * k) * np.sin(0.7 * k + phase)
+    amp, period, period_z, phase = bag.relief  # bumps that drift slowly along the table
+    relief = amp * np.sin(2 * np.pi * (ys / period + k * thickness / period_z) + phase)
     mask = cradle(body, ys, xs, y_base, bag.t_wall * (0.55 + 0.45 * taper), bag.wall_frac * (0.45 + 0.55 * taper),
                   bag.corner_r, gaps, bag.flare * taper, relief)
     film = boundary(mask)
