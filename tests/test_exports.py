@@ -44,8 +44,8 @@ def _script(name: str):
 
 
 def cropped_phantom(seed: int, size: int, n_slices: int, *, where: str = "bag end") -> Phantom:
-    """A phantom cut to ``n_slices`` slices centred on the end (or the middle) of the vacuum bag."""
-    phantom = generate_phantom(seed, size=size)
+    """A (generator v1) phantom cut to ``n_slices`` slices centred on the end (or the middle) of the vacuum bag."""
+    phantom = generate_phantom(seed, size=size, version=1)
     start, stop = phantom.bag_slices
     centre = (stop if start == 0 else start) if where == "bag end" else (start + stop) // 2
     first = int(np.clip(centre - n_slices // 2, 0, phantom.n_slices - n_slices))
