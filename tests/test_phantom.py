@@ -399,3 +399,14 @@ def test_demo_phantom_is_a_dog_in_a_bag():
     p = generate_phantom(seed, size=64)
     assert p.species_description == "Canine" and p.has_bag
     assert (p.labels == VACBAG).any(axis=(0, 1)).sum() >= 0.4 * p.n_slices
+
+
+def test_rewriting_a_patient_removes_its_earlier_slices(tmp_path):
+    long, short = generate_phantom(4, size=32, version=1), generate_phantom(4, size=32, version=2)
+    assert long.n_slices != short.n_slices
+    write_npy_layout(long, tmp_path)
+    write_npy_layout(short, tmp_path)
+    for part in ("img", "mask"):
+        names = sorted(int(p.stem) for p in (tmp_path / "phantom_004" / part).glob("*.npy"))
+        assert names == list(range(short.n_slices))
+    assert np.array_equal(np.load(tmp_path / "phantom_004" / "img" / "0.npy")[0], short.image[:, :, 0])

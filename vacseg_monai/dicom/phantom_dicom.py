@@ -240,7 +240,7 @@ def generate_dicom_dataset(
         one :class:`PhantomDicom` per patient, in seed order.
 
     Raises:
-        ValueError: if ``n_patients`` < 1 or ``seed`` < 0.
+        ValueError: if ``n_patients`` < 1, ``seed`` < 0 or ``version`` is unknown.
     """
     if n_patients < 1:
         raise ValueError(f"`n_patients` must be >= 1, got {n_patients}.")
@@ -250,7 +250,7 @@ def generate_dicom_dataset(
 
     written = []
     for i in tqdm(range(n_patients), desc="phantoms (DICOM)", unit="patient", disable=not progress):
-        phantom = generate_phantom(seed + i, size=size, version=version or DEFAULT_VERSION)
+        phantom = generate_phantom(seed + i, size=size, version=DEFAULT_VERSION if version is None else version)
         written.append(write_phantom_dicom(phantom, out_dir, orientation=orientation, root_uid=root_uid))
     logger.info("Wrote %d phantom patients as DICOM to %s", len(written), out_dir)
     return written

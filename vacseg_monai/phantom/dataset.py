@@ -25,7 +25,8 @@ def write_npy_layout(phantom: Phantom, out_dir: str | Path) -> Path:
     """Write a phantom in the per-slice npy layout.
 
     Writes ``<out_dir>/<patient_id>/img/<i>.npy`` (int16 HU) and ``mask/<i>.npy`` (uint8 labels),
-    each of shape (1, rows, cols), for i = 0..n_slices-1.
+    each of shape (1, rows, cols), for i = 0..n_slices-1. Slices beyond ``n_slices`` left by an
+    earlier patient of the same ID (another seed range or generator version) are removed.
 
     Args:
         phantom: the patient to write.
@@ -52,11 +53,22 @@ def write_npy_layout(phantom: Phantom, out_dir: str | Path) -> Path:
     mask_dir = patient_dir / "mask"
     img_dir.mkdir(parents=True, exist_ok=True)
     mask_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_slices(phantom, img_dir, mask_dir)
     for i in range(phantom.n_slices):
         np.save(img_dir / f"{i}.npy", np.ascontiguousarray(phantom.image[None, :, :, i]))
         np.save(mask_dir / f"{i}.npy", np.ascontiguousarray(phantom.labels[None, :, :, i]))
     logger.debug("Wrote %d slices of %s to %s", phantom.n_slices, phantom.patient_id, patient_dir)
     return patient_dir
+
+
+def _remove_stale_slices(phantom: Phantom, *folders: Path) -> None:
+    """Delete ``<i>.npy`` files with i >= n_slices, so that a rewritten patient holds only its own slices."""
+    stale = [f for folder in folders for f in folder.glob("*.npy")
+             if not (f.stem.isdigit() and int(f.stem) < phantom.n_slices)]
+    if stale:
+        logger.info("%s: removing %d slice files of an earlier patient with this ID", phantom.patient_id, len(stale))
+    for f in stale:
+        f.unlink()
 
 
 _PANEL_KINDS = ("thorax", "past bag end", "last bag slice", "bag middle", "middle")
