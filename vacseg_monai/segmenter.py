@@ -24,7 +24,7 @@ from monai.data import MetaTensor
 from vacseg_monai.dicom.outputs import OutputKind
 from vacseg_monai.inputs import InferenceInput
 from vacseg_monai.labels import LABELS
-from vacseg_monai.paths import default_bundle_root
+from vacseg_monai.paths import default_bundle_root, model_version
 from vacseg_monai.quality import QualityConfig, QualityReport, assess_quality
 from vacseg_monai.transforms import is_slice_wise
 from vacseg_monai.writers import write_inference_outputs
@@ -121,6 +121,7 @@ class BundleSegmenter:
         self.root_uid = parser.get_parsed_content("writer#root_uid")
         quality = parser.get_parsed_content("quality", default=None)
         self.quality_config = None if quality is None else QualityConfig.from_mapping(quality)
+        self.model_version = model_version(self.bundle, weights)
         logger.info("Loaded bundle %s weights %s on %s", self.bundle, weights, self.device)
 
     @property
@@ -237,4 +238,4 @@ class BundleSegmenter:
                     for label in table
                 ]
         return write_inference_outputs(source, labels, output_dir, output, root_uid or self.root_uid, nifti=nifti,
-                                       label_table=table, roi_notes=notes)  # fmt: skip
+                                       label_table=table, roi_notes=notes, model_version=self.model_version)  # fmt: skip

@@ -90,6 +90,7 @@ def write_inference_outputs(
     nifti: bool = True,
     label_table: Sequence[Label] = LABELS,
     roi_notes: Mapping[int, str] | None = None,
+    model_version: str | None = None,
 ) -> list[Path]:
     """Write every output for one label map ``(rows, cols, n)`` on ``source``'s grid; return the paths.
 
@@ -105,6 +106,7 @@ def write_inference_outputs(
             back, skips it).
         label_table: the label table (default :data:`vacseg_monai.labels.LABELS`).
         roi_notes: a short note per label value for the RTSTRUCT (default None).
+        model_version: the model that made the label map, for the DICOM objects (default None).
 
     Raises:
         ValueError: if the label map does not match the input or holds unknown values, or ``output``
@@ -125,7 +127,7 @@ def write_inference_outputs(
             labels = np.ascontiguousarray(labels[::-1])
         written.extend(
             write_outputs(labels, source.series, output_dir, output, root_uid, label_table=label_table,
-                          roi_notes=roi_notes)  # fmt: skip
+                          roi_notes=roi_notes, model_version=model_version)  # fmt: skip
         )
     return written
 
@@ -144,6 +146,8 @@ class SaveInferenceOutputsd(MapTransform):
         output: ``"rtstruct"`` (default), ``"seg"``, ``"both"`` or ``"none"``; DICOM input only.
         root_uid: UID root for the DICOM objects. Defaults to :data:`~vacseg_monai.dicom.outputs.DEFAULT_ROOT_UID`.
         label_table: the label table. Defaults to :data:`vacseg_monai.labels.LABELS`.
+        model_version: the model that made the label maps (:func:`vacseg_monai.paths.model_version`), written
+            into the DICOM objects. Defaults to None.
         allow_missing_keys: don't raise if a key is absent. Defaults to False.
 
     Raises:
@@ -158,6 +162,7 @@ class SaveInferenceOutputsd(MapTransform):
         output: str | OutputKind = OutputKind.RTSTRUCT,
         root_uid: str = DEFAULT_ROOT_UID,
         label_table: Sequence[Label] = LABELS,
+        model_version: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -168,6 +173,7 @@ class SaveInferenceOutputsd(MapTransform):
         self.output = OutputKind.coerce(output)
         self.root_uid = str(root_uid)
         self.label_table = tuple(label_table)
+        self.model_version = model_version
         if self.output is not OutputKind.NONE and source.kind is not InputKind.DICOM:
             logger.info(
                 "--output %s needs a DICOM series input; %s input %s gets label maps only.",
@@ -193,7 +199,7 @@ class SaveInferenceOutputsd(MapTransform):
                                                   if lb.name in quality.structures}  # fmt: skip
             written = write_inference_outputs(
                 self.source, array, self.output_dir, self.output, self.root_uid, label_table=self.label_table,
-                roi_notes=notes,
+                roi_notes=notes, model_version=self.model_version,
             )
             if quality is not None:
                 written.append(write_quality_json(quality, self.output_dir / f"{self.source.name}_quality.json"))

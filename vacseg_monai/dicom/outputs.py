@@ -326,6 +326,7 @@ def write_outputs(
     *,
     label_table: Sequence[Label] = LABELS,
     roi_notes: Mapping[int, str] | None = None,
+    model_version: str | None = None,
 ) -> list[Path]:
     """Write a label map on a CT series as the DICOM objects ``kind`` names, into ``out_dir``.
 
@@ -340,6 +341,7 @@ def write_outputs(
         label_table: the labels to write (default :data:`vacseg_monai.labels.LABELS`).
         roi_notes: a short note per label value for the RTSTRUCT (default None; see
             :func:`vacseg_monai.dicom.rtstruct.write_rtstruct`).
+        model_version: the model that made the label map, written into Software Versions (default None).
 
     Returns:
         The written files, RTSTRUCT first.
@@ -355,11 +357,12 @@ def write_outputs(
     out_dir = Path(out_dir)
     written: list[Path] = []
     if kind.rtstruct:
-        ds = write_rtstruct(labels, series, None, label_table=label_table, root_uid=root_uid, roi_notes=roi_notes)
+        ds = write_rtstruct(labels, series, None, label_table=label_table, root_uid=root_uid, roi_notes=roi_notes,
+                            model_version=model_version)  # fmt: skip
         written.append(save_atomic(ds, out_dir / output_file_name(ds)))
     if kind.seg:
         from vacseg_monai.dicom.seg import write_seg
 
-        seg = write_seg(labels, series, None, label_table=label_table, root_uid=root_uid)
+        seg = write_seg(labels, series, None, label_table=label_table, root_uid=root_uid, model_version=model_version)
         written.append(save_atomic(seg, out_dir / output_file_name(seg)))
     return written

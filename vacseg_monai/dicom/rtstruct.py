@@ -118,6 +118,7 @@ def write_rtstruct(
     structure_set_label: str = "VACSEG AUTO",
     now: datetime.datetime | None = None,
     roi_notes: Mapping[int, str] | None = None,
+    model_version: str | None = None,
 ) -> Dataset:
     """Write a label map in a CT series' geometry as an RT Structure Set.
 
@@ -149,6 +150,8 @@ def write_rtstruct(
         now: creation date/time (default: the current local time).
         roi_notes: a short note per label value (e.g. its quality score), written as the ROI Observation
             Description and appended to the ROI Generation Description within its 64 characters (default None).
+        model_version: the model that drew the contours (:func:`vacseg_monai.paths.model_version`), a value of
+            Software Versions (default None).
 
     Returns:
         the RT Structure Set dataset (with ``file_meta``).
@@ -194,7 +197,7 @@ def write_rtstruct(
     # General Equipment
     ds.Manufacturer = "vacseg_monai"
     ds.ManufacturerModelName = "vacseg_monai"
-    ds.SoftwareVersions = __version__
+    ds.SoftwareVersions = [__version__, model_version[:64]] if model_version else __version__
     # Frame of Reference (shared with the CT)
     ds.FrameOfReferenceUID = for_uid
     ds.PositionReferenceIndicator = ct.get("PositionReferenceIndicator", "")

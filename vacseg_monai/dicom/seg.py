@@ -82,6 +82,7 @@ def write_seg(
     device_serial_number: str = "0",
     omit_empty_frames: bool = True,
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
+    model_version: str | None = None,
 ) -> hd.seg.Segmentation:
     """Encode a label map (or per-label probabilities) as a DICOM Segmentation.
 
@@ -173,7 +174,7 @@ def write_seg(
         instance_number=instance_number,
         manufacturer=SEG_MANUFACTURER,
         manufacturer_model_name=SEG_MANUFACTURER,
-        software_versions=[__version__, f"highdicom {hd.__version__}"],
+        software_versions=[__version__, f"highdicom {hd.__version__}"] + ([model_version[:64]] if model_version else []),
         device_serial_number=device_serial_number,
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         max_fractional_value=255,
