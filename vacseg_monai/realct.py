@@ -22,8 +22,10 @@ How the reference body is built (:func:`reference_body`), and where it can be wr
    top's carbon-fibre shells, sheets, wires, the thin wall of a mattress), and with it the
    thin bridges by which the body touches the couch. Body parts thinner than 12 mm (ears,
    paws, a tail, skin folds) go too, and the body's sharp corners are rounded to the disk.
-3. **Largest 3D component** (face connectivity): the body; the couch's thick parts, a
-   headrest or a cable that stay after the opening are separate components and are dropped.
+3. **Largest 3D component** (face connectivity), and every other component holding at least a
+   tenth of its voxels (:data:`REFERENCE_PART_SHARE`: an arm or a leg lying apart from the trunk in
+   the scan): the body; the couch's thick parts, a headrest or a cable that stay after the opening
+   are small separate components and are dropped.
    A couch whose dense part is thicker than 12 mm *and* touches the body over a wide area
    stays joined to it (then the reference is wrong, and the picture shows it).
 4. **Hole filling per axial slice**: lungs, trachea, bowel gas and the airways become body,
@@ -112,6 +114,10 @@ def _disk(radius_rows: float, radius_cols: float) -> np.ndarray:
     return (yy / max(radius_rows, 1e-6)) ** 2 + (xx / max(radius_cols, 1e-6)) ** 2 <= 1.0
 
 
+#: A component of the thresholded, opened CT is body when it holds at least this share of the largest one.
+REFERENCE_PART_SHARE = 0.1
+
+
 def reference_body(
     hu: np.ndarray,
     spacing: Sequence[float],
@@ -149,7 +155,9 @@ def reference_body(
         return opened
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
-    body = components == int(np.argmax(sizes))
+    # The trunk, and any part as large as a tenth of it (an arm or a leg lying apart in the scan).
+    keep = np.flatnonzero(sizes >= REFERENCE_PART_SHARE * sizes.max())
+    body = np.isin(components, keep)
     for k in range(body.shape[2]):
         if body[:, :, k].any():
             body[:, :, k] = ndimage.binary_fill_holes(body[:, :, k])
@@ -450,9 +458,9 @@ def check_scan(
         hu = np.asarray(source.image[0].cpu().numpy(), dtype=np.float32)
         result.shape = tuple(int(s) for s in hu.shape)
         result.spacing = voxel_spacing(source.affine)
-        if source.affine[1, 0] > 0:  # RAS: rows run to anterior
-            result.notes.append("stored with rows running anterior (the couch at the top of the image); "
-                                "segmented as stored, as the node does")
+        if getattr(source, "rows_flipped", False):
+            result.notes.append("stored with the couch at the top of the image; segmented flipped up-down, "
+                                "as the node does")
         try:
             labels = segmenter.segment(source).labels
         except (ValueError, RuntimeError) as exc:
