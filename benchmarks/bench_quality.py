@@ -51,6 +51,9 @@ __all__ = [
     "CORRUPTIONS",
     "REAL_SCANS",
     "auroc",
+    "case_rows",
+    "failure_summary",
+    "flip_up_down",
     "fov_truncate",
     "main",
     "metal_streaks",
@@ -62,7 +65,6 @@ __all__ = [
     "structure_truth",
     "surface_dice",
     "transpose_slices",
-    "flip_up_down",
     "wrong_rescale",
 ]
 
@@ -541,6 +543,17 @@ def render_section(result: dict[str, Any]) -> list[str]:
     out += ["", "Cells: score (`!` flagged), then the truth: sD = surface Dice, FP = false positive volume.", ""]
     out += [f"- {n}" for n in result["notes"]]
     return out + [""]
+
+
+def failure_summary(result: dict[str, Any]) -> str | None:
+    """One line for "What could help" when a target is missed (None when all are met)."""
+    missed = [name for name, ok in result["met"].items() if not ok]
+    if not missed:
+        return None
+    missed_bad = [f"{p['case']} {p['structure']}" for p in _points(result["cases"]) if p["bad"] and not p["flagged"]]
+    return (f"Quality score: missed {', '.join(missed)} (AUROC {result['auroc']:.3f}, good phantom structures "
+            f"flagged {100 * result['good_flagged_share']:.1f} %, cost {result['seconds']['ratio']:.2f} x network). "
+            f"Bad structures not flagged: {', '.join(missed_bad) or 'none'}.")
 
 
 def summary(result: dict[str, Any]) -> str:

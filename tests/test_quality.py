@@ -86,6 +86,17 @@ def test_couch_above_or_beside_the_body_flags_every_structure():
     assert report.structures["Couch"].reasons == ["the Couch lies beside the body on slices 1-8: is the image turned?"]
 
 
+def test_a_couch_narrower_than_the_body_flags_every_structure():
+    labels, hu = _case()
+    labels[(labels == 2) & (np.arange(256)[None, :, None] % 256 > 100)] = 0  # couch 70 columns, body 141
+    report = assess_quality(_confident_logits(labels), labels, hu, SPACING)
+    assert sorted(report.flagged) == ["Body", "Couch", "Vacbag"]
+    assert report.structures["Couch"].reasons == [
+        "the Couch is narrower than 0.75 x the body on slices 1-8: is the image turned, or is it no couch?"]
+    assert assess_quality(_confident_logits(labels), labels, hu, SPACING,
+                          QualityConfig(couch_body_width_ratio=0.4)).flagged == []
+
+
 def test_no_couch_flags_every_structure():
     labels, hu = _case()
     labels[labels == 2] = 0

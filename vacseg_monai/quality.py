@@ -8,9 +8,9 @@ signals that cost a small share of the network's time:
   per structure and per slice;
 * **plausibility** of the label map against what a planning CT of an animal on a couch looks like: the Vacbag's
   mean HU, the Vacbag lying against the body, the body not cut by the edge of the field of view, and a couch
-  found below the body. The last two concern every structure: a field of view that cuts the body cuts what
-  lies around it, and a couch missing, above or beside the body means an image turned from the trained
-  orientation (or no planning CT at all), where no contour of the network is to be trusted;
+  found below the body and at least about as wide. The last two concern every structure: a field of view that
+  cuts the body cuts what lies around it, and a couch missing, above, beside or narrower than the body means
+  an image turned from the trained orientation (or no planning CT at all), where no contour is to be trusted;
 * **the input** against what the model was trained on: pixel spacing, slice spacing, field of view, and the HU
   of air (a wrong rescale moves it far from -1000).
 
@@ -66,6 +66,8 @@ class QualityConfig:
         air_hu: range of the HU of air (5th percentile inside the reconstruction circle). Defaults to (-1100, -850).
         min_structure_cm3: a structure drawn smaller than this is not judged by its uncertainty (what the
             clean-up removed leaves a few uncertain pixels behind). Defaults to 1.
+        couch_body_width_ratio: a Couch narrower than this times the body's width on most slices fails (the
+            image is turned, or what was drawn is no couch). Defaults to 0.75.
     """
 
     threshold: float = 0.5
@@ -81,6 +83,7 @@ class QualityConfig:
     fov_mm: tuple[float, float] = (150.0, 650.0)
     air_hu: tuple[float, float] = (-1100.0, -850.0)
     min_structure_cm3: float = 1.0
+    couch_body_width_ratio: float = 0.75
 
     def __post_init__(self) -> None:
         for name in ("threshold", "margin", "max_uncertain_fraction", "slice_uncertain_fraction",
@@ -92,6 +95,8 @@ class QualityConfig:
             low, high = getattr(self, name)
             if not low < high:
                 raise ValueError(f"`{name}` must be a (low, high) range with low < high, got {(low, high)}.")
+        if self.couch_body_width_ratio < 0:
+            raise ValueError(f"`couch_body_width_ratio` must be >= 0, got {self.couch_body_width_ratio}.")
         if self.min_structure_cm3 < 0:
             raise ValueError(f"`min_structure_cm3` must be >= 0, got {self.min_structure_cm3}.")
 
@@ -264,8 +269,9 @@ def _vacbag_checks(labels: np.ndarray, hu: np.ndarray, spacing: Sequence[float],
     return reasons
 
 
-def _couch_checks(labels: np.ndarray) -> list[str]:
-    """Where the Couch is: missing, or not below the body on most slices (the image flipped or transposed).
+def _couch_checks(labels: np.ndarray, min_width_ratio: float) -> list[str]:
+    """Where the Couch is: missing, not below the body, or narrower than ``min_width_ratio`` x the body on most
+    slices (the image flipped or transposed; a couch carries the whole animal, so it is about as wide or wider).
 
     These reasons concern every structure: a network trained on the couch below the patient is not to be
     trusted on an image turned another way.
@@ -284,9 +290,16 @@ def _couch_checks(labels: np.ndarray) -> list[str]:
         count = mask.sum(axis=(0, 1))
         return (mask.sum(axis=1) * rows).sum(axis=0) / count, (mask.sum(axis=0) * cols.T).sum(axis=0) / count
 
+    def width(mask: np.ndarray) -> np.ndarray:
+        spans = mask.any(axis=0)
+        first, last = spans.argmax(axis=0), spans.shape[0] - 1 - spans[::-1].argmax(axis=0)
+        return (last - first + 1).astype(np.float64)
+
     (couch_r, couch_c), (body_r, body_c) = centre(couch[..., both]), centre(body[..., both])
     down, across = couch_r - body_r, np.abs(couch_c - body_c)
-    above, beside = np.flatnonzero(both)[down < 0], np.flatnonzero(both)[(down >= 0) & (across > down)]
+    indices = np.flatnonzero(both)
+    above, beside = indices[down < 0], indices[(down >= 0) & (across > down)]
+    narrow = indices[width(couch[..., both]) < min_width_ratio * width(body[..., both])]
     n = both.sum()
     if above.size > 0.5 * n:
         return [f"the Couch lies above the body on slices {slice_ranges(above, one_based=True)}: "
@@ -294,6 +307,9 @@ def _couch_checks(labels: np.ndarray) -> list[str]:
     if above.size + beside.size > 0.5 * n:
         return [f"the Couch lies beside the body on slices {slice_ranges(np.r_[above, beside], one_based=True)}: "
                 "is the image turned?"]
+    if narrow.size > 0.5 * n:
+        return [f"the Couch is narrower than {min_width_ratio:g} x the body on slices "
+                f"{slice_ranges(narrow, one_based=True)}: is the image turned, or is it no couch?"]
     return []
 
 
@@ -345,7 +361,7 @@ def assess_quality(
     small_labels, small_hu, small_spacing = _coarse(labels, hu, spacing)
     input_reasons = _input_reasons(small_hu, labels.shape[1], spacing, config)
     body_reasons, body_slices = _body_checks(small_labels, small_hu)
-    setup = _couch_checks(small_labels)
+    setup = _couch_checks(small_labels, config.couch_body_width_ratio)
     if body_slices:
         setup.append(f"the field of view cuts the body on slices {slice_ranges(body_slices, one_based=True)}: "
                      "what lies around it is likely cut too")
