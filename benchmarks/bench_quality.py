@@ -397,11 +397,17 @@ def _signals(points: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def _reason_kind(reason: str) -> str:
-    if reason.startswith("input:"):
-        return "input check"
-    if "uncertain" in reason:
-        return "softmax margin"
-    return "plausibility: " + reason.split(" ", 2)[1] if reason.startswith("the ") else "plausibility"
+    """The signal behind one reason of :mod:`vacseg_monai.quality`, in a few words."""
+    kinds = (
+        ("input:", "input check (rescale, spacing, FOV)"),
+        ("uncertain", "softmax margin"),
+        ("Couch", "couch missing / above / beside / narrow"),
+        ("field of view", "body cut by the FOV"),
+        ("Vacbag mean", "Vacbag HU"),
+        ("Vacbag lies", "Vacbag away from the body"),
+        ("no Body", "no Body"),
+    )
+    return next((kind for key, kind in kinds if key in reason), "other")
 
 
 def run(phantoms: int = 4, max_slices: int = 64, size: int = 512, bundle: Path | None = None,
@@ -480,7 +486,8 @@ def save_roc_plot(result: dict[str, Any], path: Path) -> Path:
     fp = sum(p["flagged"] and not p["bad"] for p in points) / max(1, len(points) - n_bad)
     tp = sum(p["flagged"] and p["bad"] for p in points) / max(1, n_bad)
     fig, ax = plt.subplots(figsize=(5.2, 5))
-    ax.step(roc["fpr"], roc["tpr"], where="post", color="tab:blue", label=f"1 - score, AUROC {result['auroc']:.3f}")
+    # Straight lines between the points: tied scores move both rates at once (the trapezoids of the AUROC).
+    ax.plot(roc["fpr"], roc["tpr"], color="tab:blue", marker=".", label=f"1 - score, AUROC {result['auroc']:.3f}")
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="chance")
     ax.plot([fp], [tp], "o", color="tab:red", label=f"flagged at threshold {result['threshold']:g}")
     ax.set_xlabel("false positive rate (good structures flagged)")
@@ -519,10 +526,14 @@ def render_section(result: dict[str, Any]) -> list[str]:
     from vacseg_monai.labels import LABELS
 
     c, sec = result["counts"], result["seconds"]
+    kinds: dict[str, int] = {}
+    for case in result["cases"]:
+        kinds[case["kind"]] = kinds.get(case["kind"], 0) + 1
     out = ["## Quality score (bench_quality.py)", "",
            f"{c['cases']} cases ({len(result['phantom_seeds'])} held-out phantoms at {result['size']} x "
            f"{result['size']}, at most {result['max_slices']} slices, each also corrupted "
-           f"{len(CORRUPTIONS)} ways; real CT), {c['structures']} structures, {c['bad']} bad (surface Dice < "
+           f"{len(CORRUPTIONS)} ways; {kinds.get('bag-free', 0)} bag-free phantoms; {kinds.get('real CT', 0)} real "
+           f"CT scans), {c['structures']} structures, {c['bad']} bad (surface Dice < "
            f"{BAD_SURFACE_DICE} at {TOLERANCE_MM:g} mm, or more than {BAD_FP_CM3:g} cm3 where the truth has none). "
            "Method and limits: [quality.md](quality.md).", "",
            "![ROC](quality_roc.png)", "",
