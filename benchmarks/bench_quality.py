@@ -283,8 +283,11 @@ def _score_case(segmenter: BundleSegmenter, source: InferenceInput, truths: dict
             "timings": {k: round(v, 4) for k, v in result.timings.items()}, "structures": structures}
 
 
-def _phantom(seed: int, size: int, max_slices: int, **kwargs: Any) -> tuple[np.ndarray, np.ndarray, list[float],
-                                                                              float]:
+PhantomCase = tuple[np.ndarray, np.ndarray, list[float], float]
+
+
+def _phantom(seed: int, size: int, max_slices: int, **kwargs: Any) -> PhantomCase:
+    """HU, truth, (row, col, slice) spacing and noise SD of a phantom, centre-cropped to ``max_slices``."""
     from vacseg_monai.phantom import generate_phantom
 
     p = generate_phantom(seed, size=size, **kwargs)
