@@ -230,7 +230,8 @@ def inference(device: Any, slices: int, size: int, repeats: int) -> dict[str, An
     import numpy as np
     import torch
 
-    from vacseg_monai.inference import OutputKind, load_input
+    from vacseg_monai.dicom.outputs import OutputKind
+    from vacseg_monai.inputs import load_input
     from vacseg_monai.segmenter import BundleSegmenter
 
     files = phantom_series(slices, size=size)

@@ -93,7 +93,7 @@ def _breakdown(job: Any, job_dir: Path, acked_wall: float, arrived_wall: float) 
 def run(repeats: int = 5, slices: int = 100, size: int = 512, warmup: int = 1, timeout: float = 600.0,
         work_dir: Path | None = None) -> dict[str, Any]:
     """Measure; see the module docstring. Returns the result dictionary."""
-    from vacseg_monai.inference import load_input
+    from vacseg_monai.inputs import load_input
     from vacseg_monai.paths import default_bundle_root
     from vacseg_monai.segmenter import BundleSegmenter
     from vacseg_monai.service.config import Destination, NodeConfig

@@ -56,7 +56,8 @@ STAND_IN = "vacseg_monai.service.worker:StandInProcessor"
 
 def _child_segment(series_dir: str) -> dict[str, Any]:
     """Runs in the child: load, segment, write; return memory and timing figures."""
-    from vacseg_monai.inference import OutputKind, load_input
+    from vacseg_monai.dicom.outputs import OutputKind
+    from vacseg_monai.inputs import load_input
     from vacseg_monai.segmenter import BundleSegmenter
 
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux

@@ -47,7 +47,8 @@ def run(repeats: int = 5, slices: int = 100, size: int = 512) -> dict[str, Any]:
     """Measure; see the module docstring."""
     import torch
 
-    from vacseg_monai.inference import AutocastSliceInferer, load_input
+    from vacseg_monai.inferers import AutocastSliceInferer
+    from vacseg_monai.inputs import load_input
     from vacseg_monai.segmenter import BundleSegmenter
 
     files = phantom_series(slices, size=size)

@@ -4,10 +4,10 @@ The shipped bundle segments the phantom series once (``--slices`` slices,
 512 x 512); then, ``--repeats`` times each, interleaved:
 
 - ``resample_argmax``: the bundle's resize of the 256 x 256 logits to the CT grid + argmax;
-- ``clean_up``: :func:`vacseg_monai.inference.clean_up_labels` on the 512 x 512 label map (as the bundle);
+- ``clean_up``: :func:`vacseg_monai.postprocess.clean_up_labels` on the 512 x 512 label map (as the bundle);
 - its pieces: Body largest 3D component, Body hole filling per slice, Couch largest
   component, Vacbag small-component removal (private helpers of
-  :mod:`vacseg_monai.inference`, timed on the whole-volume masks; the library may crop
+  :mod:`vacseg_monai.postprocess`, timed on the whole-volume masks; the library may crop
   to bounding boxes first, so they need not add up to ``clean_up``);
 - ``clean_up at 256``: the same clean-up on the label map subsampled to 256 x 256
   (what cleaning at the network's resolution before upsampling would cost).
@@ -36,9 +36,10 @@ def run(repeats: int = 5, slices: int = 100, size: int = 512) -> dict[str, Any]:
     """Measure; see the module docstring."""
     import torch
 
-    from vacseg_monai import inference
-    from vacseg_monai.inference import clean_up_labels, load_input
+    from vacseg_monai import postprocess
+    from vacseg_monai.inputs import load_input
     from vacseg_monai.labels import LABELS
+    from vacseg_monai.postprocess import clean_up_labels
     from vacseg_monai.segmenter import BundleSegmenter
 
     files = phantom_series(slices, size=size)
@@ -59,14 +60,14 @@ def run(repeats: int = 5, slices: int = 100, size: int = 512) -> dict[str, Any]:
         "clean_up (256 grid)": lambda: clean_up_labels(coarse, voxel * 4),
     }
     pieces = ("_largest_component", "_fill_holes_per_slice", "_drop_small_components")
-    if all(hasattr(inference, name) for name in pieces):  # private helpers; skipped if they change
+    if all(hasattr(postprocess, name) for name in pieces):  # private helpers; skipped if they change
         body, couch, bag = (labels == by_name[n] for n in ("Body", "Couch", "Vacbag"))
-        body_largest = inference._largest_component(body)
+        body_largest = postprocess._largest_component(body)
         cases.update({
-            "  Body largest component": lambda: inference._largest_component(body),
-            "  Body fill holes per slice": lambda: inference._fill_holes_per_slice(body_largest),
-            "  Couch largest component": lambda: inference._largest_component(couch),
-            "  Vacbag drop small components": lambda: inference._drop_small_components(bag, 1000.0 / voxel),
+            "  Body largest component": lambda: postprocess._largest_component(body),
+            "  Body fill holes per slice": lambda: postprocess._fill_holes_per_slice(body_largest),
+            "  Couch largest component": lambda: postprocess._largest_component(couch),
+            "  Vacbag drop small components": lambda: postprocess._drop_small_components(bag, 1000.0 / voxel),
             "  one label mask (labels == v)": lambda: labels == by_name["Body"],
         })
     seconds: dict[str, list[float]] = {name: [] for name in cases}

@@ -42,11 +42,12 @@ logger = logging.getLogger(__name__)
 
 def _dataset(patients: int, size: int, seed: int = 2000) -> Path:
     """Phantom patients in the npy layout (cached)."""
+    from vacseg_monai.datasets import MASK_DIR
     from vacseg_monai.phantom import generate_phantom, phantom_patient_id, write_npy_layout
 
     folder = CACHE_DIR / f"train_npy_{size}_s{seed}_n{patients}"
     for i in range(patients):
-        if not (folder / phantom_patient_id(seed + i) / "mask").is_dir():
+        if not (folder / phantom_patient_id(seed + i) / MASK_DIR).is_dir():
             write_npy_layout(generate_phantom(seed + i, size=size), folder)
     return folder
 

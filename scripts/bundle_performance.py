@@ -34,7 +34,8 @@ from vacseg_monai.evaluation import (
     write_csv,
 )
 from vacseg_monai.paths import default_bundle_root
-from vacseg_monai.phantom import phantom_patient_id
+from vacseg_monai.phantom import DEFAULT_VERSION, VERSIONS, phantom_patient_id
+from vacseg_monai.logs import setup_logging
 
 __all__ = ["main"]
 
@@ -70,6 +71,7 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--seeds", type=int, nargs="+", default=None, help="phantom seeds (default 1000 .. 999+n)")
     data.add_argument("--n-patients", type=int, default=len(DEFAULT_SEEDS), help="phantoms when --seeds is not given (default 5)")
     data.add_argument("--size", type=int, default=512, help="rows and columns per phantom slice (default 512)")
+    data.add_argument("--phantom-version", type=int, choices=VERSIONS, default=DEFAULT_VERSION, help=f"phantom generator version (default {DEFAULT_VERSION})")
     data.add_argument(
         "--train-data",
         type=Path,
@@ -126,7 +128,8 @@ def _docs_body(table: str, command: str, ns: argparse.Namespace, seconds: float)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     ckpt = ns.ckpt or Path("models/model.pt")
     return (
-        f"Held-out synthetic phantoms (seeds {ns.seeds[0]}..{ns.seeds[-1]}, {len(ns.seeds)} patients, "
+        f"Held-out synthetic phantoms (generator v{ns.phantom_version}, seeds {ns.seeds[0]}..{ns.seeds[-1]}, "
+        f"{len(ns.seeds)} patients, "
         f"{ns.size}x{ns.size} slices), checkpoint `{ckpt}`, full inference workflow "
         f"(`configs/inference.json`: window, resize, SliceInferer, resample, clean-up). "
         f"Mean ± sd over patients; 3D metrics per patient.\n\n"
@@ -143,14 +146,15 @@ def main(args: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
     ns = _setup_argparser(argv)
     level = logging.WARNING if ns.quiet else logging.DEBUG if ns.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(level, third_party=ns.verbose, fmt="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     try:
         segmenter = PhantomSegmenter(ns.bundle, ns.ckpt, dict(ns.override))
     except FileNotFoundError as exc:
         logger.error("%s", exc)
         return 2
-    rows = evaluate_phantoms(segmenter, seeds=ns.seeds, size=ns.size, tolerance_mm=ns.tolerance_mm)
+    rows = evaluate_phantoms(segmenter, seeds=ns.seeds, size=ns.size, tolerance_mm=ns.tolerance_mm,
+                             phantom_version=ns.phantom_version)  # fmt: skip
     seconds = time.perf_counter() - start
     table = markdown_table(rows)
     csv_path = write_csv(rows, ns.out / "performance.csv")

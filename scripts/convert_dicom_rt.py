@@ -16,7 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
-from vacseg_monai.dicom.convert import OutputFormat, convert_exports, parse_name_map
+from vacseg_monai.dicom.exports import OutputFormat, convert_exports, parse_name_map
+from vacseg_monai.logs import setup_logging
 
 __all__ = ["main"]
 
@@ -62,7 +63,7 @@ def main(args: list[str] | None = None) -> int:
     """Run the conversion; returns 0 when at least one series was converted, 1 otherwise."""
     ns = _setup_argparser(args)
     level = logging.WARNING if ns.quiet else logging.DEBUG if ns.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(level, third_party=ns.verbose, fmt="%(levelname)s %(name)s: %(message)s")
     try:
         report = convert_exports(
             ns.input, ns.output_directory, fmt=ns.format, name_map=ns.name_map or None, overwrite=ns.overwrite,

@@ -7,11 +7,11 @@ Usage: python scripts/demo.py [--output-dir demo_output] [--seed 1000]
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from vacseg_monai.demo import run_demo
+from vacseg_monai.logs import setup_logging
 
 
 def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
@@ -21,19 +21,19 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1000, help="phantom seed (default 1000, not a training seed)")
     parser.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the repository's)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the result (default 600)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    verbosity.add_argument("-v", "--verbose", action="store_true",
+                           help="debug messages, the libraries' (highdicom, pynetdicom) included")
     return parser.parse_args(args)
 
 
 def main(args: list[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
     ns = _setup_argparser(args)
-    logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    result = run_demo(
-        ns.output_dir, seed=ns.seed, bundle=ns.bundle, timeout=ns.timeout, log_level="WARNING" if ns.quiet else "INFO"
-    )
+    level = "WARNING" if ns.quiet else "DEBUG" if ns.verbose else "INFO"
+    setup_logging(level, third_party=ns.verbose)
+    result = run_demo(ns.output_dir, seed=ns.seed, bundle=ns.bundle, timeout=ns.timeout, log_level=level)
     print(result.summary())
     print(f"Demo done: the RT Structure Set the node sent back is {result.rtstruct}")
     return 0

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Generate synthetic canine CT phantoms in the per-slice npy layout, plus a QA montage.
+"""Generate synthetic canine and feline CT phantoms in the per-slice npy layout, plus a QA montage.
 
 Example:
     python scripts/make_test_dataset.py --out test_dataset --patients 10
+    python scripts/make_test_dataset.py --out test_dataset_v1 --patients 10 --phantom-version 1
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from vacseg_monai.phantom import generate_dataset
+from vacseg_monai.phantom import DEFAULT_VERSION, VERSIONS, generate_dataset
 
 __all__ = ["main"]
 
@@ -22,7 +23,7 @@ logger = logging.getLogger("make_test_dataset")
 
 def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Generate synthetic canine planning CT phantoms (vacuum bag, couch, body labels) in the "
+        description="Generate synthetic planning CT phantoms (vacuum bag, couch, body labels) in the "
         "<out>/<patient>/img|mask/<i>.npy layout.",
     )
     out = parser.add_argument_group("Output")
@@ -38,6 +39,14 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
     gen.add_argument("-n", "--patients", type=int, default=10, help="number of patients (default 10)")
     gen.add_argument("--seed", type=int, default=0, help="base seed; patient i uses seed+i (default 0)")
     gen.add_argument("--size", type=int, default=512, help="rows and columns per slice (default 512)")
+    gen.add_argument(
+        "--phantom-version",
+        type=int,
+        choices=VERSIONS,
+        default=DEFAULT_VERSION,
+        help=f"generator version: 1 the clean world of the first model, 2 varied devices, animals and scanners "
+        f"(default {DEFAULT_VERSION})",
+    )
     verbosity = parser.add_argument_group("Logging").add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bar")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages")
@@ -59,16 +68,19 @@ def main(args: list[str] | None = None) -> int:
     start = time.perf_counter()
     montage = ns.montage or ns.out / "montage.png"
     folders = generate_dataset(
-        ns.out, n_patients=ns.patients, seed=ns.seed, size=ns.size, progress=not ns.quiet, montage=montage
+        ns.out, n_patients=ns.patients, seed=ns.seed, size=ns.size, progress=not ns.quiet, montage=montage,
+        version=ns.phantom_version,
     )
     written = f"{ns.out} and montage {montage}"
     if ns.dicom is not None:
         from vacseg_monai.dicom.phantom_dicom import generate_dicom_dataset
 
-        generate_dicom_dataset(ns.dicom, n_patients=ns.patients, seed=ns.seed, size=ns.size, progress=not ns.quiet)
+        generate_dicom_dataset(ns.dicom, n_patients=ns.patients, seed=ns.seed, size=ns.size, progress=not ns.quiet,
+                               version=ns.phantom_version)
         written += f" and DICOM CT + RTSTRUCT to {ns.dicom}"
     elapsed = time.perf_counter() - start
-    print(f"Wrote {len(folders)} phantom patients ({ns.size}x{ns.size}) to {written} in {elapsed:.1f} s")
+    print(f"Wrote {len(folders)} phantom patients (generator v{ns.phantom_version}, {ns.size}x{ns.size}) to {written} "
+          f"in {elapsed:.1f} s")
     return 0
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from pydicom import dcmread
 
 from vacseg_monai.dicom.series import fill_missing_uids
+from vacseg_monai.logs import setup_logging
 from vacseg_monai.service.config import Destination
 from vacseg_monai.service.export import (
     ExportError,
@@ -95,7 +96,7 @@ def _report(results: list[tuple[Path, int]], names: dict[Path, Path], destinatio
 def main(args: list[str] | None = None) -> int:
     """Send the folder; exit status 0 if every instance got a success or warning status."""
     ns = _setup_argparser(args)
-    logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING)
+    setup_logging(logging.INFO if ns.verbose else logging.WARNING, third_party=ns.verbose)
     files = find_dicom_files(ns.folder)
     if not files:
         print(f"No DICOM files in {ns.folder}", file=sys.stderr)

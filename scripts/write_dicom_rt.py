@@ -15,8 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
-from vacseg_monai.dicom.convert import write_label_map_dicom
-from vacseg_monai.dicom.outputs import OutputKind
+from vacseg_monai.dicom.labelmap import write_label_map_dicom
+from vacseg_monai.dicom.outputs import OutputKind, check_root_uid
+from vacseg_monai.logs import setup_logging
 
 __all__ = ["main"]
 
@@ -46,8 +47,11 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--series {ns.series} is not a folder")
     if not ns.labels.is_file():
         parser.error(f"--labels {ns.labels} is not a file")
-    if ns.root_uid is not None and not ns.root_uid.endswith("."):
-        parser.error(f"--root-uid must end with '.', got {ns.root_uid!r}")
+    if ns.root_uid is not None:
+        try:
+            check_root_uid(ns.root_uid)
+        except ValueError as exc:
+            parser.error(f"--root-uid: {exc}")
     return ns
 
 
@@ -55,7 +59,7 @@ def main(args: list[str] | None = None) -> int:
     """Write the objects; returns the exit status (0 on success, 2 on bad input)."""
     ns = _setup_argparser(args)
     level = logging.WARNING if ns.quiet else logging.DEBUG if ns.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(level, third_party=ns.verbose, fmt="%(levelname)s %(name)s: %(message)s")
     try:
         written = write_label_map_dicom(
             ns.series, ns.labels, ns.out, fmt=ns.format, root_uid=ns.root_uid, series_uid=ns.series_uid

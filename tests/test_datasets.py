@@ -16,6 +16,8 @@ from vacseg_monai.datasets import (
     load_slice,
     slice_items,
     split_patients,
+    write_nifti_patient,
+    write_npy_patient,
 )
 
 SIZE = 16
@@ -298,3 +300,27 @@ def test_error_label_values_outside_table(values, expected):
     with pytest.raises(DataLayoutError) as info:
         as_label_map(mask, "Patient 'rex', file /x/mask/0.npy")
     assert "Patient 'rex', file /x/mask/0.npy" in str(info.value) and expected in str(info.value)
+
+
+def test_writers_give_what_discovery_reads_in_either_layout(tmp_path):
+    rng = np.random.default_rng(5)
+    image = rng.integers(-1000, 1500, size=(SIZE, SIZE + 2, 3)).astype(np.int16)
+    labels = rng.integers(0, 4, size=image.shape).astype(np.uint8)
+    affine = np.diag([-0.8, -0.9, 2.5, 1.0])
+    write_npy_patient(image, labels, tmp_path / "npy" / "dog")
+    write_nifti_patient(image, labels, affine, tmp_path / "nifti" / "dog")
+    (npy,) = discover_patients(tmp_path / "npy")
+    (nifti,) = discover_patients(tmp_path / "nifti")
+    assert (npy.layout, npy.n_slices, npy.rows, npy.cols) == ("npy", 3, SIZE, SIZE + 2)
+    assert [f.parent.name for f in (*npy.image_files, *npy.label_files)] == ["img"] * 3 + ["mask"] * 3
+    for k in range(3):
+        np.testing.assert_array_equal(load_slice(npy.image_files[k])[0], image[:, :, k])
+        np.testing.assert_array_equal(load_slice(npy.label_files[k])[0], labels[:, :, k])
+    assert (nifti.layout, nifti.n_slices) == ("nifti", 3)
+    stored = nib.load(str(tmp_path / "nifti" / "dog" / "label.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(stored.dataobj), labels)
+    np.testing.assert_allclose(stored.affine, affine)
+    with pytest.raises(ValueError, match=r"Expected an int16 image and uint8 labels, got float32 and uint8"):
+        write_npy_patient(image.astype(np.float32), labels, tmp_path / "bad")
+    with pytest.raises(ValueError, match=r"must be equal 3D shapes"):
+        write_nifti_patient(image, labels[:, :, :2], affine, tmp_path / "bad")

@@ -81,6 +81,18 @@ def test_label_metrics_known_values():
     body = rows["Body"]
     assert body.truth_voxels == body.pred_voxels == 0
     assert all(math.isnan(getattr(body, m)) for m in ("dice", "hd95_mm", "precision", "sensitivity"))
+    assert bag.pred_cm3 == pytest.approx(1000 * 1.5 * 1.0 * 3.0 / 1000)
+
+
+def test_table_reports_what_was_drawn_where_the_truth_has_no_bag():
+    truth = np.zeros((20, 20, 4), np.uint8)
+    truth[15:, :, :] = COUCH
+    pred = truth.copy()
+    pred[2:4, 2:4, 0] = VACBAG  # 4 voxels of 2 mm^3: a false bag of 0.008 cm^3
+    rows = label_metrics(pred, truth, (1.0, 1.0, 2.0), patient_id="nobag", seed=3)
+    table = markdown_table(rows)
+    assert "Patients without Vacbag (1): Vacbag drawn nobag 0.01 cm³ (false positives" in table
+    assert "Patients without Body (1): Body drawn nobag 0.00 cm³" in table
 
 
 def test_label_metrics_tolerance_changes_surface_dice():

@@ -31,11 +31,11 @@ VET_ATTRIBUTES = {
 }
 
 
-def cropped_phantom(seed: int, size: int = 128, n_slices: int = N_SLICES) -> Phantom:
+def cropped_phantom(seed: int, size: int = 128, n_slices: int = N_SLICES, version: int = 2) -> Phantom:
     """A phantom cut to ``n_slices`` slices around the end of the vacuum bag (all labels present)."""
-    phantom = generate_phantom(seed, size=size)
+    phantom = generate_phantom(seed, size=size, version=version)
     start, stop = phantom.bag_slices
-    end = stop if start == 0 else start
+    end = start if start > 0 else stop
     first = int(np.clip(end - n_slices // 2, 0, phantom.n_slices - n_slices))
     cut = slice(first, first + n_slices)
     return dataclasses.replace(
@@ -48,9 +48,17 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
+def first_v2_seed(wanted, seeds=range(100)) -> int:
+    """The first seed whose (32 x 32) v2 phantom satisfies ``wanted``; the scene does not depend on the size."""
+    return next(s for s in seeds if wanted(generate_phantom(s, size=32, version=2)))
+
+
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
-    phantom = cropped_phantom(3)
+    """A v2 dog in a bag whose scanner pads with -3024 HU (stored -2000 with intercept -1024)."""
+    phantom = cropped_phantom(first_v2_seed(lambda p: p.species_description == "Canine" and p.has_bag
+                                            and p.padding_hu == -3024))
+    assert phantom.species_description == "Canine" and (phantom.padding_hu, phantom.rescale_intercept) == (-3024, -1024)
     out = tmp_path_factory.mktemp("phantom_dicom")
     return phantom, write_phantom_dicom(phantom, out, orientation="HFS"), out
 
@@ -134,13 +142,43 @@ def test_generate_dicom_dataset(tmp_path):
     written = generate_dicom_dataset(tmp_path, n_patients=2, seed=5, size=32, progress=False)
     assert [w.patient_dir.name for w in written] == ["phantom_005", "phantom_006"]
     for w in written:
-        phantom = generate_phantom(int(w.patient_dir.name[-3:]), size=32)
+        phantom = generate_phantom(int(w.patient_dir.name[-3:]), size=32, version=2)
         assert len(w.ct_files) == phantom.n_slices
         ct = pydicom.dcmread(w.ct_files[0], stop_before_pixels=True)
         assert ct.PatientPosition == ("FFS" if phantom.extra["cranial_first"] else "HFS")
         assert w.rtstruct_path.is_file()
     with pytest.raises(ValueError, match="n_patients"):
         generate_dicom_dataset(tmp_path, n_patients=0)
+    (v1,) = generate_dicom_dataset(tmp_path / "v1", n_patients=1, seed=5, size=32, progress=False, version=1)
+    np.testing.assert_array_equal(read_series(v1.ct_dir).volume[0].numpy(),
+                                  generate_phantom(5, size=32, version=1).image)
+
+
+@pytest.mark.parametrize(("intercept", "padding"), [(0.0, -2000), (-1024.0, -3024), (-1024.0, -1024), (0.0, -1024)])
+def test_rescale_intercept_and_padding_round_trip(tmp_path, intercept, padding):
+    seed = first_v2_seed(lambda p: (p.rescale_intercept, p.padding_hu) == (intercept, padding))
+    phantom = cropped_phantom(seed, size=64, n_slices=3)
+    assert (phantom.rescale_intercept, phantom.padding_hu) == (intercept, padding)
+    result = write_phantom_dicom(phantom, tmp_path)
+    np.testing.assert_array_equal(read_series(result.ct_dir).volume[0].numpy(), phantom.image)
+    ds = pydicom.dcmread(result.ct_files[0])
+    assert float(ds.RescaleIntercept) == intercept and float(ds.RescaleSlope) == 1.0
+    stored = ds.pixel_array
+    assert stored[0, 0] == padding - intercept  # a corner lies outside the reconstruction circle
+    if padding == -1024:
+        assert "PixelPaddingValue" not in ds
+    else:
+        assert ds.PixelPaddingValue == padding - intercept and ds["PixelPaddingValue"].VR == "SS"
+
+
+def test_feline_species_code(tmp_path):
+    phantom = cropped_phantom(first_v2_seed(lambda p: p.species_description == "Feline"), size=32, n_slices=2)
+    assert phantom.species_description == "Feline"
+    attributes = phantom_patient_attributes(phantom)
+    assert attributes["PatientSpeciesCodeSequence"] == [("448169003", "SCT", "Felis catus")]
+    ct = pydicom.dcmread(write_phantom_dicom(phantom, tmp_path).ct_files[0], stop_before_pixels=True)
+    assert ct.PatientSpeciesCodeSequence[0].CodeValue == "448169003"
+    assert ct.PatientSpeciesDescription == "Feline"
 
 
 def test_make_test_dataset_cli_writes_dicom_beside_npy(tmp_path):

@@ -143,7 +143,7 @@ def test_input_outside_the_trained_ranges():
     labels, hu = _case()
     report = assess_quality(_confident_logits(labels), labels, hu, (3.0, 3.0, 8.0))
     assert report.input_reasons == [
-        "pixel spacing 3.00 mm is outside the trained 0.3-1.6 mm",
+        "pixel spacing 3.00 mm is outside the trained 0.2-2.5 mm",
         "slice spacing 8.00 mm is outside the trained 0.4-6 mm",
         "field of view 768.00 mm is outside the trained 150-650 mm",
     ]

@@ -281,3 +281,41 @@ def test_export_goes_through_the_node(tmp_path):
     assert len({float(c.ContourData[2]) for c in body.ContourSequence}) == 20  # the body on every slice
     report = subprocess.run(["dciodvfy", str(received[0])], capture_output=True, text=True, timeout=60)
     assert [line for line in report.stderr.splitlines() if line.startswith("Error")] == []
+
+
+def test_a_series_stored_with_the_couch_at_the_top_is_segmented_upright(tmp_path):
+    """pydicom-data's explicit_VR-UN slice: columns run anteriorly (IOP 1\\0\\0\\0\\-1\\0), no Patient Position.
+
+    The loader flips it so that the couch is at the bottom, as the model was trained; the RTSTRUCT writer
+    flips the labels back, so contours land where they were drawn in the stored image.
+    """
+    from vacseg_monai.dicom.rtstruct import read_rtstruct
+    from vacseg_monai.inputs import load_input
+    from vacseg_monai.writers import write_inference_outputs
+
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    ds = pydicom.dcmread(_public("pydicom_explicit_vr_un"))
+    ds.SliceThickness = 5  # a single slice needs its thickness
+    ds.save_as(folder / "CT1", enforce_file_format=True)
+    upright = load_input(folder)
+    assert upright.rows_flipped
+    stored = upright.series.volume[0].numpy()
+    np.testing.assert_array_equal(upright.image[0].numpy(), stored[::-1])
+    rows = stored.shape[0]
+    np.testing.assert_allclose(upright.affine @ [0, 0, 0, 1], upright.series.affine_ras @ [rows - 1, 0, 0, 1])
+
+    labels = np.zeros(upright.shape, np.uint8)
+    labels[300:400, 100:400] = 3  # drawn in the upright image's lower half
+    files = write_inference_outputs(upright, labels, tmp_path / "out", "rtstruct", nifti=False)
+    back = read_rtstruct(files[0], upright.series)  # in the stored order
+    body_rows = np.flatnonzero((back == 3).any(axis=(1, 2)))
+    assert body_rows.min() >= rows - 401 and body_rows.max() <= rows - 300  # rows 300-399 flipped: 112-211
+
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PatientPosition = "HFS"
+    ds.save_as(folder / "CT1", enforce_file_format=True)
+    assert not load_input(folder).rows_flipped
+    ds.PatientPosition = "HFP"  # prone: the couch is anterior, and these columns run posteriorly
+    ds.save_as(folder / "CT1", enforce_file_format=True)
+    assert load_input(folder).rows_flipped

@@ -14,7 +14,8 @@ from monai.data import MetaTensor
 from pydicom.uid import RLELossless
 
 from vacseg_monai import __version__
-from vacseg_monai.dicom.seg import DEFAULT_ROOT_UID, write_seg
+from vacseg_monai.dicom.outputs import DEFAULT_ROOT_UID
+from vacseg_monai.dicom.seg import write_seg
 from vacseg_monai.dicom.series import read_series
 from vacseg_monai.dicom.synthetic import write_ct_series
 from vacseg_monai.labels import LABELS, label_by_name
@@ -208,7 +209,7 @@ def test_metatensor_input_and_folder_output(tmp_path):
     folder.mkdir()
     seg = write_seg(tensor, series, folder)
     written = list(folder.iterdir())
-    assert [p.name for p in written] == [f"SEG_{seg.SOPInstanceUID}.dcm"]
+    assert [p.name for p in written] == [f"SEG.{seg.SOPInstanceUID}.dcm"]
     assert seg.SOPInstanceUID.startswith(DEFAULT_ROOT_UID)
     read = hd.seg.segread(written[0])
     pixels = read.get_pixels_by_source_instance(series.sop_instance_uids, combine_segments=True)

@@ -316,13 +316,13 @@ def test_a_large_instance_is_received_into_a_file_and_stored_byte_for_byte(tmp_p
     """A 32 MB instance goes to disk as pynetdicom receives it (no copy held in memory) and is moved
     into its job unchanged: the stored data set is byte for byte the one sent."""
     from vacseg_monai.dicom.synthetic import write_ct_series
-    from vacseg_monai.service.scp import INCOMING_DIR
+    from vacseg_monai.service.scp import INCOMING_DIR, receive_into_files
 
     image = np.full((4096, 4096, 1), -1000, np.int16)
     image[1000:3000, 1000:3000] = 40
     sent = write_ct_series(image, tmp_path / "big", pixel_spacing=(0.1, 0.1), slice_thickness=1.0)[0]
     node = make_node(tmp_path)
-    with node:
+    with node, receive_into_files(node.incoming):  # as run_node receives
         result = storescu(node.port, [sent], timeout=60)
         assert result.returncode == 0 and "Received Store Response (Success)" in result.stderr, result.stderr
         job = wait_finished(node.store, 1)[0]
@@ -369,3 +369,40 @@ def test_worker_is_told_of_a_series_while_it_arrives(tmp_path):
         assert job.state is JobState.DONE, job.reason
         seen = (node.store.job_dir(job.job_id) / "prefetched").read_text().split()
         assert sorted(seen) == sorted(f"{dcmread(f).SOPInstanceUID}.dcm" for f in files)
+
+
+def test_in_process_receiver_is_not_affected_by_the_node(tmp_path):
+    """The node changes no process-wide setting; only `receive_into_files` does, and restores them."""
+    import tempfile
+
+    from pynetdicom import _config
+
+    from vacseg_monai.service.export import send_files
+    from vacseg_monai.service.receiver import ResultReceiver
+    from vacseg_monai.service.scp import receive_into_files
+
+    settings = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.gettempdir())
+    files = write_series(tmp_path / "ct", 2)
+    node = make_node(tmp_path)
+    with ResultReceiver(tmp_path / "received", ae_title="RX") as receiver:
+        node.start()
+        try:
+            assert (_config.STORE_RECV_CHUNKED_DATASET, tempfile.gettempdir()) == settings
+            send_files(files[:1], Destination("127.0.0.1", receiver.port, "RX"), calling_aet="TEST")
+            (item,) = receiver.wait_for("CT", timeout=30)
+            assert dcmread(item.path).SOPInstanceUID == dcmread(files[0]).SOPInstanceUID
+            assert list(node.incoming.iterdir()) == []  # nothing of the receiver's in the node's folder
+            send_files(files, Destination("127.0.0.1", node.port, node.config.ae_title), calling_aet="TEST")
+            with receive_into_files(node.incoming):  # what run_node does in the node's own process
+                assert _config.STORE_RECV_CHUNKED_DATASET is True
+                assert tempfile.gettempdir() == str(node.incoming)
+                again = write_series(tmp_path / "ct2", 2)
+                send_files(again, Destination("127.0.0.1", node.port, node.config.ae_title), calling_aet="TEST")
+                assert list(node.incoming.iterdir()) == []  # received there, then renamed into the job
+            assert (_config.STORE_RECV_CHUNKED_DATASET, tempfile.gettempdir()) == settings
+            finished = wait_finished(node.store, 2)
+            stored = sorted(p.name for job in finished for p in (node.store.job_dir(job.job_id) / "series").iterdir())
+            expected = sorted(f"{dcmread(p).SOPInstanceUID}.dcm" for p in [*files, *again])
+            assert stored == expected  # both ways of receiving store every instance under its UID
+        finally:
+            node.stop()

@@ -5,8 +5,10 @@ The shipped model's accuracy through the node is tested in test_service_bundle.p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from pathlib import Path
 import shutil
 import subprocess
 
@@ -24,6 +26,10 @@ from vacseg_monai.phantom import generate_phantom
 from vacseg_monai.quality import QualityReport, StructureQuality
 from vacseg_monai.service.processor import QA_PICTURE, TIMINGS_FILE, BundleProcessor, _qa_slices
 from vacseg_monai.service.worker import QUALITY_FILE
+
+def default_bundle_root_path() -> Path:
+    return Path(default_bundle_root())
+
 
 TINY = {"channels": [4, 8, 16], "spatial_size": 32}
 
@@ -64,8 +70,14 @@ def test_processor_writes_rtstruct_seg_qa_and_timings(tmp_path, tiny_weights, ct
         errors = [line for line in subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True,
                                                   timeout=60).stderr.splitlines() if line.startswith("Error")]
         assert errors == [], path
-    rtstruct = pydicom.dcmread(next(f for f in files if "rtstruct" in f.name))
+    rtstruct = pydicom.dcmread(next(f for f in files if f.name.startswith("RS.")))
     assert [roi.ROIName for roi in rtstruct.StructureSetROISequence] == [label.name for label in LABELS]
+    version = json.loads((default_bundle_root_path() / "configs" / "metadata.json").read_text())["version"]
+    weights_hash = hashlib.sha256(tiny_weights.read_bytes()).hexdigest()[:12]
+    model = f"vacbag_ct_segmentation {version} weights {weights_hash}"
+    assert list(rtstruct.SoftwareVersions)[1] == model  # each result names the model that made it
+    seg = pydicom.dcmread(next(f for f in files if f.name.startswith("SEG.")), stop_before_pixels=True)
+    assert model in list(seg.SoftwareVersions)
 
     timings = json.loads((job_dir / TIMINGS_FILE).read_text())
     assert set(timings) == {"read", "preprocess", "network", "resample_argmax", "clean_up", "quality", "write"}
@@ -178,7 +190,7 @@ def test_slices_preprocessed_one_by_one_equal_the_volume_preprocessed(tiny_weigh
     and segmenting from them gives the same labels."""
     from monai.transforms import Compose, Resized
 
-    from vacseg_monai.inference import load_input
+    from vacseg_monai.inputs import load_input
     from vacseg_monai.segmenter import BundleSegmenter
     from vacseg_monai.transforms import inference_transforms, is_slice_wise, train_transforms
 

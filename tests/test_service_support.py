@@ -158,7 +158,8 @@ class FailOnDescriptionProcessor(StandInProcessor):
 def write_phantom_series(seed: int, out_dir: Path, *, size: int = 512, n_slices: int | None = None):
     """A phantom written as DICOM CT + truth RTSTRUCT; ``n_slices`` keeps that many slices from the bag's middle.
 
-    Returns the :class:`~vacseg_monai.dicom.phantom_dicom.PhantomDicom` of
+    The phantom is a generator v1 patient: every v1 patient lies in a bag, which the Dice
+    checks of the shipped model rely on. Returns the :class:`~vacseg_monai.dicom.phantom_dicom.PhantomDicom` of
     ``write_phantom_dicom``. Cropping keeps inference short on a loaded CPU.
     """
     import dataclasses
@@ -166,7 +167,7 @@ def write_phantom_series(seed: int, out_dir: Path, *, size: int = 512, n_slices:
     from vacseg_monai.dicom.phantom_dicom import write_phantom_dicom
     from vacseg_monai.phantom import generate_phantom
 
-    phantom = generate_phantom(seed, size=size)
+    phantom = generate_phantom(seed, size=size, version=1)
     if n_slices is not None and n_slices < phantom.n_slices:
         start, stop = phantom.bag_slices
         first = max(0, min((start + stop - n_slices) // 2, phantom.n_slices - n_slices))

@@ -1,4 +1,4 @@
-"""Training data discovery, validation and the patient-level k-fold split.
+"""The training data layout: discovery, validation, the patient-level k-fold split, and the writers.
 
 Two on-disk layouts are understood, one patient per sub-folder of ``data_dir``:
 
@@ -24,6 +24,11 @@ A binary mask from an existing user (uint8/bool/float 0 and 1) therefore reads a
 Vacbag (1). Label values are checked when a slice is loaded
 (:func:`as_label_map`), not at discovery, so that discovery only reads headers.
 
+:func:`write_npy_patient` and :func:`write_nifti_patient` write one patient in
+either layout (used by :mod:`vacseg_monai.dicom.exports`), so that the folder and
+file names above are defined here once (:data:`IMG_DIR`, :data:`MASK_DIR`,
+:data:`NIFTI_IMAGE_NAMES`, :data:`NIFTI_LABEL_NAMES`).
+
 Discovery (:func:`discover_patients`) reads every file header once (``np.load``
 with ``mmap_mode="r"``, NIfTI headers via nibabel's lazy proxy) and raises
 :class:`DataLayoutError` naming the patient, the file and the problem.
@@ -43,6 +48,8 @@ import numpy as np
 from vacseg_monai.labels import BACKGROUND, LABELS, checked_label_map
 
 __all__ = [
+    "IMG_DIR",
+    "MASK_DIR",
     "NIFTI_IMAGE_NAMES",
     "NIFTI_LABEL_NAMES",
     "DataLayoutError",
@@ -56,14 +63,17 @@ __all__ = [
     "nifti_slice",
     "slice_items",
     "split_patients",
+    "write_nifti_patient",
+    "write_npy_patient",
 ]
 
 logger = logging.getLogger(__name__)
 
 NIFTI_IMAGE_NAMES = ("image.nii.gz", "image.nii")
 NIFTI_LABEL_NAMES = ("label.nii.gz", "label.nii")
-_IMG_DIR = "img"
-_MASK_DIR = "mask"
+#: Sub-folders of a patient in the npy layout: CT slices and label slices.
+IMG_DIR = "img"
+MASK_DIR = "mask"
 _LAYOUTS_LOOKED_FOR = (
     "<patient>/img/<i>.npy + <patient>/mask/<i>.npy (npy layout) or "
     "<patient>/image.nii.gz + <patient>/label.nii.gz (nifti layout)"
@@ -167,12 +177,12 @@ def _numbered_npy_files(folder: Path, patient_id: str) -> dict[int, Path]:
 
 def _discover_npy_patient(patient_dir: Path) -> PatientRecord:
     patient_id = patient_dir.name
-    img_dir, mask_dir = patient_dir / _IMG_DIR, patient_dir / _MASK_DIR
+    img_dir, mask_dir = patient_dir / IMG_DIR, patient_dir / MASK_DIR
     for present, missing in ((img_dir, mask_dir), (mask_dir, img_dir)):
         if present.is_dir() and not missing.is_dir():
             raise DataLayoutError(
                 f"Patient {patient_id!r}: found {present.name}/ but no {missing.name}/ folder at {missing}; "
-                f"each patient needs {_IMG_DIR}/<i>.npy and {_MASK_DIR}/<i>.npy."
+                f"each patient needs {IMG_DIR}/<i>.npy and {MASK_DIR}/<i>.npy."
             )
     images = _numbered_npy_files(img_dir, patient_id)
     masks = _numbered_npy_files(mask_dir, patient_id)
@@ -276,7 +286,7 @@ def _discover_nifti_patient(patient_dir: Path) -> PatientRecord:
 
 
 def _patient_layout(patient_dir: Path) -> str | None:
-    has_npy = (patient_dir / _IMG_DIR).is_dir() or (patient_dir / _MASK_DIR).is_dir()
+    has_npy = (patient_dir / IMG_DIR).is_dir() or (patient_dir / MASK_DIR).is_dir()
     has_nifti = any((patient_dir / n).is_file() for n in NIFTI_IMAGE_NAMES + NIFTI_LABEL_NAMES)
     if has_npy and has_nifti:
         raise DataLayoutError(
@@ -491,3 +501,76 @@ def as_label_map(array: np.ndarray, source: str) -> np.ndarray:
         return checked_label_map(array, source)
     except ValueError as exc:
         raise DataLayoutError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def write_npy_patient(image: np.ndarray, labels: np.ndarray, patient_dir: str | Path) -> Path:
+    """Write one patient in the per-slice npy layout.
+
+    Args:
+        image: int16 HU volume (rows, cols, n_slices).
+        labels: uint8 label map, same shape.
+        patient_dir: the patient folder (``img/`` and ``mask/`` are created in it).
+
+    Returns:
+        ``patient_dir``.
+
+    Raises:
+        ValueError: if the shapes differ or the dtypes are not int16 / uint8.
+    """
+    _check_volume_pair(image, labels)
+    patient_dir = Path(patient_dir)
+    (patient_dir / IMG_DIR).mkdir(parents=True, exist_ok=True)
+    (patient_dir / MASK_DIR).mkdir(parents=True, exist_ok=True)
+    for i in range(image.shape[2]):
+        np.save(patient_dir / IMG_DIR / f"{i}.npy", np.ascontiguousarray(image[None, :, :, i]))
+        np.save(patient_dir / MASK_DIR / f"{i}.npy", np.ascontiguousarray(labels[None, :, :, i]))
+    return patient_dir
+
+
+def write_nifti_patient(
+    image: np.ndarray, labels: np.ndarray, affine_ras: np.ndarray, patient_dir: str | Path
+) -> Path:
+    """Write one patient in the NIfTI layout (``image.nii.gz`` + ``label.nii.gz``).
+
+    The data arrays keep the project order (rows, cols, n_slices); the affine maps
+    (row, col, slice) to RAS mm and is stored as both qform and sform (scanner code).
+
+    Args:
+        image: int16 HU volume (rows, cols, n_slices).
+        labels: uint8 label map, same shape.
+        affine_ras: 4x4 RAS affine of the volume.
+        patient_dir: the patient folder (created).
+
+    Returns:
+        ``patient_dir``.
+
+    Raises:
+        ValueError: if the shapes differ, the dtypes are not int16 / uint8 or the affine is not 4x4.
+    """
+    import nibabel as nib
+
+    _check_volume_pair(image, labels)
+    affine = np.asarray(affine_ras, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ValueError(f"`affine_ras` must be 4x4, got shape {affine.shape}.")
+    patient_dir = Path(patient_dir)
+    patient_dir.mkdir(parents=True, exist_ok=True)
+    for array, name in ((image, NIFTI_IMAGE_NAMES[0]), (labels, NIFTI_LABEL_NAMES[0])):
+        nifti = nib.Nifti1Image(np.asarray(array), affine)
+        nifti.set_qform(affine, code=1)
+        nifti.set_sform(affine, code=1)
+        nifti.header.set_xyzt_units("mm")
+        nib.save(nifti, str(patient_dir / name))
+    return patient_dir
+
+
+def _check_volume_pair(image: np.ndarray, labels: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape != labels.shape:
+        raise ValueError(
+            f"Image {image.shape} and labels {labels.shape} must be equal 3D shapes (rows, cols, n_slices)."
+        )
+    if image.dtype != np.int16 or labels.dtype != np.uint8:
+        raise ValueError(f"Expected an int16 image and uint8 labels, got {image.dtype} and {labels.dtype}.")

@@ -89,6 +89,8 @@ class LabelMetrics:
         truth_voxels: voxels of the label in the truth.
         pred_voxels: voxels of the label in the prediction.
         tolerance_mm: surface Dice tolerance.
+        pred_cm3: volume of the label in the prediction; where the truth has none (a phantom without a
+            bag), all of it is a false positive.
     """
 
     patient_id: str
@@ -102,6 +104,7 @@ class LabelMetrics:
     truth_voxels: int
     pred_voxels: int
     tolerance_mm: float
+    pred_cm3: float = 0.0
 
 
 def _one_hot(labels: np.ndarray, values: Sequence[int]) -> torch.Tensor:
@@ -189,6 +192,7 @@ def label_metrics(
                 truth_voxels=n_truth,
                 pred_voxels=n_pred,
                 tolerance_mm=float(tolerance_mm),
+                pred_cm3=round(n_pred * float(np.prod(spacing)) / 1000.0, 4),
             )
         )
     return rows
@@ -228,7 +232,7 @@ class PhantomSegmenter:
             patient_dir: ``<patient>`` folder holding ``img/<i>.npy``.
             spacing: (row, col, slice) spacing in mm (the npy files carry no geometry).
         """
-        from vacseg_monai.inference import load_input
+        from vacseg_monai.inputs import load_input
 
         source = load_input(patient_dir, npy_spacing=[float(s) for s in spacing])
         return self.segmenter.segment(source).labels
@@ -240,6 +244,7 @@ def evaluate_phantoms(
     size: int = 512,
     tolerance_mm: float = DEFAULT_TOLERANCE_MM,
     label_table: Sequence[Label] = LABELS,
+    phantom_version: int | None = None,
 ) -> list[LabelMetrics]:
     """Generate one phantom per seed, segment it and compute the per-label metrics.
 
@@ -250,6 +255,7 @@ def evaluate_phantoms(
         size: rows and columns of the phantom slices. Defaults to 512.
         tolerance_mm: surface Dice tolerance. Defaults to 2.
         label_table: labels to evaluate. Defaults to :data:`vacseg_monai.labels.LABELS`.
+        phantom_version: phantom generator version (default None: the generator's default).
 
     Returns:
         rows in seed order, then label order.
@@ -267,7 +273,8 @@ def evaluate_phantoms(
     rows: list[LabelMetrics] = []
     with tempfile.TemporaryDirectory(prefix="vacseg_phantoms_") as tmp:
         for seed in seeds:
-            phantom = generate_phantom(seed, size=size)
+            phantom = generate_phantom(seed, size=size, **({} if phantom_version is None else
+                                                             {"version": int(phantom_version)}))
             spacing = (*phantom.pixel_spacing, phantom.slice_thickness_mm)
             patient_dir = write_npy_layout(phantom, tmp)
             pred = segmenter(patient_dir, spacing)
@@ -371,7 +378,20 @@ def markdown_table(rows: Sequence[LabelMetrics]) -> str:
                 cell += f" (n={n})"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    absent = _absent_truth_lines(rows)
+    return "\n".join(lines) + "\n" + ("\n" + "\n".join(absent) + "\n" if absent else "")
+
+
+def _absent_truth_lines(rows: Sequence[LabelMetrics]) -> list[str]:
+    """One line per label that some patients lack (e.g. phantoms without a bag): what was drawn there."""
+    lines = []
+    for label in dict.fromkeys(r.label for r in rows):
+        empty = [r for r in rows if r.label == label and r.truth_voxels == 0]
+        if empty:
+            drawn = ", ".join(f"{r.patient_id} {r.pred_cm3:.2f} cm³" for r in empty)
+            lines.append(f"Patients without {label} ({len(empty)}): {label} drawn {drawn} (false positives; "
+                         "Dice is undefined there and left out above).")  # fmt: skip
+    return lines
 
 
 def update_performance_section(readme: str | os.PathLike[str], body: str) -> Path:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
-__all__ = ["BUNDLE_NAME", "default_bundle_root"]
+__all__ = ["BUNDLE_NAME", "default_bundle_root", "model_version"]
 
 BUNDLE_NAME = "vacbag_ct_segmentation"
 
@@ -25,3 +27,25 @@ def default_bundle_root() -> str:
         if (candidate / "configs" / "metadata.json").is_file():
             return str(candidate)
     return "."
+
+
+def model_version(bundle_root: str | Path, ckpt_path: str | Path) -> str:
+    """``"vacbag_ct_segmentation 0.3.0 weights 3f2a9c1b2d4e"``: the bundle's version and the weights' short hash.
+
+    Written into every RTSTRUCT and SEG (Software Versions), so that a result, and a correction of it, is tied
+    to the model that made it.
+
+    Args:
+        bundle_root: the bundle folder (its ``configs/metadata.json`` gives the version; "unknown" without it).
+        ckpt_path: the weights file (its SHA-256, first 12 hex digits).
+
+    Raises:
+        FileNotFoundError: if the weights file does not exist.
+    """
+    meta = Path(bundle_root) / "configs" / "metadata.json"
+    version = json.loads(meta.read_text()).get("version", "unknown") if meta.is_file() else "unknown"
+    digest = hashlib.sha256()
+    with open(ckpt_path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"{BUNDLE_NAME} {version} weights {digest.hexdigest()[:12]}"

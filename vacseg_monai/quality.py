@@ -60,7 +60,8 @@ class QualityConfig:
         vacbag_body_gap_mm: a Vacbag voxel further than this from the body (in-plane) lies away from it.
             Defaults to 20.
         vacbag_away_fraction: share of the Vacbag lying away from the body that fails it. Defaults to 0.5.
-        pixel_spacing_mm: trained range of the in-plane pixel spacing. Defaults to (0.3, 1.6).
+        pixel_spacing_mm: accepted range of the in-plane pixel spacing (the network sees every scan at
+            256 x 256, so the field of view matters more). Defaults to (0.2, 2.5).
         slice_spacing_mm: trained range of the slice spacing. Defaults to (0.4, 6.0).
         fov_mm: trained range of the field of view's width. Defaults to (150, 650).
         air_hu: range of the HU of air (5th percentile inside the reconstruction circle). Defaults to (-1100, -850).
@@ -78,7 +79,7 @@ class QualityConfig:
     vacbag_hu: tuple[float, float] = (-1000.0, -450.0)
     vacbag_body_gap_mm: float = 20.0
     vacbag_away_fraction: float = 0.5
-    pixel_spacing_mm: tuple[float, float] = (0.3, 1.6)
+    pixel_spacing_mm: tuple[float, float] = (0.2, 2.5)
     slice_spacing_mm: tuple[float, float] = (0.4, 6.0)
     fov_mm: tuple[float, float] = (150.0, 650.0)
     air_hu: tuple[float, float] = (-1100.0, -850.0)

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,13 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from vacseg_monai.inference import InferenceInput, OutputKind, SaveInferenceOutputsd
-from vacseg_monai.paths import default_bundle_root
+from vacseg_monai.dicom.outputs import OutputKind
+from vacseg_monai.inputs import InferenceInput
+from vacseg_monai.labels import LABELS
+from vacseg_monai.paths import default_bundle_root, model_version
 from vacseg_monai.quality import QualityConfig, QualityReport, assess_quality
 from vacseg_monai.transforms import is_slice_wise
+from vacseg_monai.writers import write_inference_outputs
 
 __all__ = ["BundleSegmenter", "Segmentation"]
 
@@ -111,13 +114,14 @@ class BundleSegmenter:
         self.network.eval()
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.inferer = parser.get_parsed_content("inferer")
-        # Postprocessing steps 0 and 1 (resample + argmax, clean-up) come from the config; step 2,
-        # the writer, needs the input and is built per volume by `write`.
-        self.resample_argmax = parser.get_parsed_content("postprocessing#transforms#0")
-        self.clean_up = parser.get_parsed_content("postprocessing#transforms#1")
-        self.root_uid = parser.get_parsed_content("root_uid")
+        # The post-processing steps by their ids. The config's `writer` needs the input, so it is not
+        # built here: `write` calls the function it wraps, with the writer's UID root.
+        self.resample_argmax = parser.get_parsed_content("resample_argmax")
+        self.clean_up = parser.get_parsed_content("clean_up")
+        self.root_uid = parser.get_parsed_content("writer#root_uid")
         quality = parser.get_parsed_content("quality", default=None)
         self.quality_config = None if quality is None else QualityConfig.from_mapping(quality)
+        self.model_version = model_version(self.bundle, weights)
         logger.info("Loaded bundle %s weights %s on %s", self.bundle, weights, self.device)
 
     @property
@@ -144,7 +148,7 @@ class BundleSegmenter:
         return out.as_tensor() if isinstance(out, MetaTensor) else out
 
     def segment(self, source: InferenceInput, preprocessed: Sequence[torch.Tensor] | None = None) -> Segmentation:
-        """Segment one loaded input (:func:`vacseg_monai.inference.load_input`).
+        """Segment one loaded input (:func:`vacseg_monai.inputs.load_input`).
 
         Args:
             source: the input.
@@ -201,13 +205,37 @@ class BundleSegmenter:
         output: str | OutputKind = OutputKind.RTSTRUCT,
         root_uid: str | None = None,
         nifti: bool = True,
+        quality: QualityReport | None = None,
+        flagged_suffix: str | None = None,
     ) -> list[Path]:
-        """Write the label map as the bundle does (NIfTI unless ``nifti=False``, plus RTSTRUCT/SEG for DICOM input)."""
-        writer = SaveInferenceOutputsd(
-            keys="pred",
-            source=source,
-            output_dir=output_dir,
-            output=output,
-            root_uid=root_uid or self.root_uid,
-        )
-        return writer.write(labels, nifti=nifti)
+        """Write the label map as the bundle's ``writer`` does (:func:`vacseg_monai.writers.write_inference_outputs`).
+
+        Args:
+            source: the input the label map was computed on.
+            labels: the label map ``(rows, cols, n)``.
+            output_dir: folder to write to (created).
+            output: DICOM objects for DICOM input (default ``"rtstruct"``).
+            root_uid: UID root (default: the config's).
+            nifti: also write the NIfTI label map (default True).
+            quality: the segmentation's quality: each RTSTRUCT ROI then carries its score as a note (default None).
+            flagged_suffix: appended to the ROI / segment names of flagged structures (the node's
+                ``send-marked`` review policy; default None), within 64 characters.
+
+        Returns:
+            The written files.
+
+        Raises:
+            ValueError: if the label map does not match the input or holds unknown values.
+        """
+        table = list(LABELS)
+        notes = None
+        if quality is not None:
+            notes = {label.value: quality.note(label.name) for label in table if label.name in quality.structures}
+            if flagged_suffix:
+                table = [
+                    replace(label, name=label.name[: 64 - len(flagged_suffix)] + flagged_suffix)
+                    if label.name in quality.flagged else label
+                    for label in table
+                ]
+        return write_inference_outputs(source, labels, output_dir, output, root_uid or self.root_uid, nifti=nifti,
+                                       label_table=table, roi_notes=notes, model_version=self.model_version)  # fmt: skip

@@ -361,7 +361,7 @@ def inference_transforms(
     which equals the training chain's rescale-then-shrink up to float rounding
     and does the rescaling on a quarter of the voxels. The image keeps the meta
     (``spatial_shape``, ``original_affine``) with which
-    :class:`vacseg_monai.inference.ResampleArgmaxd` maps predictions back.
+    :class:`vacseg_monai.postprocess.ResampleArgmaxd` maps predictions back.
 
     Args:
         a_min, a_max, b_min, b_max, spatial_size, image_key: as for :func:`val_transforms`.

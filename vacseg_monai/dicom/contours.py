@@ -1,6 +1,6 @@
 """Mask <-> polygon geometry for RT Structure Sets.
 
-Conventions (see ARCHITECTURE.md): a 2D slice mask is indexed ``[row, col]``;
+Conventions (those of :mod:`vacseg_monai.dicom.geometry`): a 2D slice mask is indexed ``[row, col]``;
 a contour is an ``(N, 2)`` float array of ``(row, col)`` index coordinates,
 closed implicitly (the first point is *not* repeated at the end). Pixel centres
 sit at integer coordinates. Mapping to DICOM patient coordinates (LPS, mm) is
@@ -205,20 +205,6 @@ def volume_to_contours(masks: np.ndarray) -> list[tuple[int, np.ndarray]]:
         if len(contour) >= 3:
             result.append((int(kept_slice[first]), contour))
     return result
-
-
-def _drop_collinear(points: np.ndarray) -> np.ndarray:
-    """Drop points of a closed polygon that lie on the line through their neighbours."""
-    if len(points) < 4:
-        return points
-    prev = np.roll(points, 1, axis=0)
-    nxt = np.roll(points, -1, axis=0)
-    d1 = points - prev
-    d2 = nxt - points
-    cross = d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]
-    # Marching-squares points sit on a half-pixel lattice, so the products are exact.
-    keep = np.abs(cross) > 1e-9
-    return points[keep]
 
 
 def simplify_contour(contour: np.ndarray, tolerance_mm: float, spacing: Sequence[float]) -> np.ndarray:

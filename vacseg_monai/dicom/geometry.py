@@ -1,6 +1,6 @@
 """Small pure functions for CT slice geometry (DICOM LPS and MONAI RAS).
 
-Project convention (see ARCHITECTURE / the brief): a volume is indexed
+Project convention (the README's "Architecture" section): a volume is indexed
 ``[row, col, slice]``; slices are ordered by increasing position along the
 slice normal ``n = row_dir x col_dir`` where ``row_dir = IOP[0:3]`` (direction
 of increasing column index) and ``col_dir = IOP[3:6]`` (direction of

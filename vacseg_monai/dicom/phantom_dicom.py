@@ -10,6 +10,12 @@ slice ``k`` along the slice normal), so :func:`vacseg_monai.dicom.series.read_se
 gives back ``phantom.image`` exactly. The veterinary patient attributes (species,
 breed, sex, neutered status, weight, responsible person/role/organisation) come
 from the :class:`~vacseg_monai.phantom.Phantom`; the RTSTRUCT copies them from the CT.
+
+The pixel storage follows the phantom's scanner: Rescale Intercept -1024 or 0
+(``phantom.rescale_intercept``) and, when the scanner pads the pixels outside the
+reconstruction circle with -2000 or -3024 HU (``phantom.padding_hu``), the stored
+padding value in Pixel Padding Value (0028,0120). Reading the series back gives
+``phantom.image`` exactly, padding included.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from vacseg_monai.dicom.geometry import PatientPosition
 from vacseg_monai.dicom.synthetic import DEFAULT_ROOT_UID, write_ct_series
-from vacseg_monai.phantom import Phantom, generate_phantom
+from vacseg_monai.phantom import DEFAULT_VERSION, Phantom, generate_phantom
+from vacseg_monai.phantom.model import OUTSIDE_HU
 
 __all__ = [
     "AUTO_ORIENTATION",
@@ -38,9 +45,13 @@ logger = logging.getLogger(__name__)
 #: ``orientation`` value that picks HFS or FFS from the phantom's scan direction.
 AUTO_ORIENTATION = "auto"
 
-# SNOMED CT concept for the domestic dog (DICOM CID 7454 "Animal Taxonomic Rank Values").
+# SNOMED CT concepts for the domestic dog and cat (DICOM CID 7454 "Animal Taxonomic Rank Values").
 _CANINE_SPECIES_CODE = ("448771007", "SCT", "Canis lupus familiaris")
-_CANINE_NAMES = frozenset({"canine", "dog", "canis familiaris", "canis lupus familiaris"})
+_FELINE_SPECIES_CODE = ("448169003", "SCT", "Felis catus")
+_SPECIES_CODES = {
+    **dict.fromkeys(("canine", "dog", "canis familiaris", "canis lupus familiaris"), _CANINE_SPECIES_CODE),
+    **dict.fromkeys(("feline", "cat", "felis catus", "felis silvestris catus"), _FELINE_SPECIES_CODE),
+}
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -70,7 +81,8 @@ def phantom_patient_attributes(phantom: Phantom) -> dict[str, Any]:
 
     Breed is given as text only (Patient Breed Code Sequence present and empty, as the
     standard allows for an uncoded breed); the species is coded as SNOMED CT
-    448771007 when it names the dog, otherwise the code sequence is left empty.
+    448771007 when it names the dog and 448169003 when it names the cat, otherwise the
+    code sequence is left empty.
 
     Args:
         phantom: the patient.
@@ -79,7 +91,8 @@ def phantom_patient_attributes(phantom: Phantom) -> dict[str, Any]:
         keyword -> value, suitable for ``write_ct_series(patient=...)``.
     """
     species = str(phantom.species_description)
-    species_code = [_CANINE_SPECIES_CODE] if species.strip().lower() in _CANINE_NAMES else []
+    code = _SPECIES_CODES.get(species.strip().lower())
+    species_code = [code] if code is not None else []
     return {
         "PatientName": phantom.patient_name,
         "PatientID": phantom.patient_id,
@@ -95,6 +108,13 @@ def phantom_patient_attributes(phantom: Phantom) -> dict[str, Any]:
         "ResponsiblePersonRole": phantom.responsible_person_role,
         "ResponsibleOrganization": phantom.responsible_organization,
     }
+
+
+def _stored_padding(phantom: Phantom) -> int | None:
+    """Stored Pixel Padding Value of the phantom's scanner, or None when it stores air outside the circle."""
+    if int(phantom.padding_hu) == OUTSIDE_HU:
+        return None
+    return int(round(phantom.padding_hu - phantom.rescale_intercept))
 
 
 def _resolve_orientation(phantom: Phantom, orientation: str | PatientPosition) -> PatientPosition:
@@ -166,7 +186,10 @@ def write_phantom_dicom(
         root_uid=root_uid,
         transfer_syntax=transfer_syntax,
         file_names=file_names,
-        series_description=f"Synthetic canine planning CT ({phantom.patient_id}, seed {phantom.seed})",
+        rescale_intercept=phantom.rescale_intercept,
+        pixel_padding_value=_stored_padding(phantom),
+        series_description=f"Synthetic {phantom.species_description.lower()} planning CT "
+        f"({phantom.patient_id}, seed {phantom.seed})",
     )
     series = read_series(ct_dir)
     rtstruct = write_rtstruct(
@@ -195,6 +218,7 @@ def generate_dicom_dataset(
     orientation: str | PatientPosition = AUTO_ORIENTATION,
     root_uid: str = DEFAULT_ROOT_UID,
     progress: bool = True,
+    version: int | None = None,
 ) -> list[PhantomDicom]:
     """Generate ``n_patients`` phantoms (seeds ``seed .. seed + n_patients - 1``) as DICOM.
 
@@ -210,12 +234,13 @@ def generate_dicom_dataset(
         orientation: Patient Position or ``"auto"`` (default; see :func:`write_phantom_dicom`).
         root_uid: UID root (default the pydicom example root).
         progress: show a tqdm progress bar over patients, default True.
+        version: phantom generator version, 1 or 2 (default None: the package default, 2).
 
     Returns:
         one :class:`PhantomDicom` per patient, in seed order.
 
     Raises:
-        ValueError: if ``n_patients`` < 1 or ``seed`` < 0.
+        ValueError: if ``n_patients`` < 1, ``seed`` < 0 or ``version`` is unknown.
     """
     if n_patients < 1:
         raise ValueError(f"`n_patients` must be >= 1, got {n_patients}.")
@@ -225,7 +250,7 @@ def generate_dicom_dataset(
 
     written = []
     for i in tqdm(range(n_patients), desc="phantoms (DICOM)", unit="patient", disable=not progress):
-        phantom = generate_phantom(seed + i, size=size)
+        phantom = generate_phantom(seed + i, size=size, version=DEFAULT_VERSION if version is None else version)
         written.append(write_phantom_dicom(phantom, out_dir, orientation=orientation, root_uid=root_uid))
     logger.info("Wrote %d phantom patients as DICOM to %s", len(written), out_dir)
     return written

@@ -6,6 +6,10 @@ slice with every island and every hole, even-odd convention), written with
 pydicom. :func:`read_rtstruct` rasterises an RT Structure Set back onto the CT
 grid, mapping ROI names to label numbers.
 
+What every written object shares (UID root, patient/study copy, label-map
+coercion, atomic save, file name) comes from :mod:`vacseg_monai.dicom.outputs`,
+whose :func:`~vacseg_monai.dicom.outputs.write_outputs` is how the project writes it.
+
 Geometry comes only from the series' LPS affine (``CTSeries.affine_lps``):
 index ``(row, col, slice)`` -> patient LPS millimetres and back. Nothing is
 re-derived from SliceLocation or InstanceNumber.
@@ -34,7 +38,14 @@ from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, UID,
 
 from vacseg_monai import __version__
 from vacseg_monai.dicom.contours import contours_to_mask, format_ds_values, simplify_contour, volume_to_contours
-from vacseg_monai.dicom.geometry import index_to_lps, lps_to_index, lps_to_ras
+from vacseg_monai.dicom.geometry import index_to_lps, lps_to_index
+from vacseg_monai.dicom.outputs import (
+    DEFAULT_ROOT_UID,
+    check_root_uid,
+    copy_patient_and_study,
+    save_atomic,
+    series_label_map,
+)
 from vacseg_monai.labels import LABELS, Label
 
 if TYPE_CHECKING:
@@ -58,79 +69,8 @@ RTSTRUCT_SOP_CLASS_UID = UID("1.2.840.10008.5.1.4.1.1.481.3")
 # SOP class named by RTReferencedStudySequence / ReferencedStudySequence items
 # (Detached Study Management, retired but the value the standard's RT examples and every TPS use).
 _STUDY_SOP_CLASS_UID = UID("1.2.840.10008.3.1.2.3.1")
-DEFAULT_ROOT_UID = "1.2.826.0.1.3680043.8.498."
 DEFAULT_SERIES_DESCRIPTION = "vacseg_monai automatic structures (not reviewed)"
 _CONTOUR_DATA_TAG = Tag(0x3006, 0x0050)
-
-# Patient, Patient Study and General Study module attributes copied from the CT
-# when present (veterinary attributes included).
-_PATIENT_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "IssuerOfPatientID",
-    "IssuerOfPatientIDQualifiersSequence",
-    "TypeOfPatientID",
-    "PatientBirthDate",
-    "PatientBirthTime",
-    "PatientSex",
-    "QualityControlSubject",
-    "OtherPatientIDsSequence",
-    "OtherPatientNames",
-    "PatientComments",
-    "PatientSpeciesDescription",
-    "PatientSpeciesCodeSequence",
-    "PatientBreedDescription",
-    "PatientBreedCodeSequence",
-    "BreedRegistrationSequence",
-    "StrainDescription",
-    "StrainNomenclature",
-    "StrainAdditionalInformation",
-    "ResponsiblePerson",
-    "ResponsiblePersonRole",
-    "ResponsibleOrganization",
-    "PatientIdentityRemoved",
-    "DeidentificationMethod",
-    "DeidentificationMethodCodeSequence",
-)
-_STUDY_KEYWORDS = (
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "StudyID",
-    "AccessionNumber",
-    "IssuerOfAccessionNumberSequence",
-    "StudyDescription",
-    "PhysiciansOfRecord",
-    "ProcedureCodeSequence",
-    "AdmittingDiagnosesDescription",
-    "PatientAge",
-    "PatientSize",
-    "PatientWeight",
-    "PatientSexNeutered",
-    "AdditionalPatientHistory",
-)
-# Type 2 attributes of those modules: present (empty if unknown) in every RTSTRUCT.
-_TYPE2_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "StudyID",
-    "AccessionNumber",
-)
-# Type 2C attributes required (possibly empty) when the patient is an animal.
-_ANIMAL_TYPE2C_KEYWORDS = (
-    "PatientBreedDescription",
-    "PatientBreedCodeSequence",
-    "BreedRegistrationSequence",
-    "ResponsiblePerson",
-    "ResponsibleOrganization",
-    "PatientSexNeutered",
-)
 
 #: Normalised ROI names (see :func:`normalize_roi_name`) recognised for each label name.
 DEFAULT_ROI_ALIASES: Mapping[str, tuple[str, ...]] = {
@@ -177,6 +117,8 @@ def write_rtstruct(
     series_number: int = 901,
     structure_set_label: str = "VACSEG AUTO",
     now: datetime.datetime | None = None,
+    roi_notes: Mapping[int, str] | None = None,
+    model_version: str | None = None,
 ) -> Dataset:
     """Write a label map in a CT series' geometry as an RT Structure Set.
 
@@ -193,17 +135,23 @@ def write_rtstruct(
             A MetaTensor's affine must match the series.
         series: the CT series (:class:`vacseg_monai.dicom.series.CTSeries`) the labels
             were computed on.
-        out_path: file to save to (explicit VR little endian, with file meta); ``None``
-            (default) only returns the dataset.
+        out_path: file to save to atomically (explicit VR little endian, with file meta); ``None``
+            (default) only returns the dataset. :func:`vacseg_monai.dicom.outputs.write_outputs` names
+            the file and saves it.
         label_table: labels to write (default :data:`vacseg_monai.labels.LABELS`).
         root_uid: UID root for the new series and SOP instance (default
-            ``"1.2.826.0.1.3680043.8.498."``; must end with ``"."``).
+            :data:`~vacseg_monai.dicom.outputs.DEFAULT_ROOT_UID`; see
+            :func:`~vacseg_monai.dicom.outputs.check_root_uid`).
         simplify_tolerance_mm: Douglas-Peucker tolerance in mm applied to every contour
             (default None: no simplification beyond dropping collinear points).
         series_description: SeriesDescription (default says structures are automatic).
         series_number: SeriesNumber (default 901).
         structure_set_label: StructureSetLabel, at most 16 characters (default "VACSEG AUTO").
         now: creation date/time (default: the current local time).
+        roi_notes: a short note per label value (e.g. its quality score), written as the ROI Observation
+            Description and appended to the ROI Generation Description within its 64 characters (default None).
+        model_version: the model that drew the contours (:func:`vacseg_monai.paths.model_version`), a value of
+            Software Versions (default None).
 
     Returns:
         the RT Structure Set dataset (with ``file_meta``).
@@ -212,8 +160,8 @@ def write_rtstruct(
         ValueError: when the label map's shape or affine does not match the series,
             its values are not integers, or an argument is invalid.
     """
-    label_map = _check_label_map(labels, series)
-    _check_root_uid(root_uid)
+    label_map = series_label_map(labels, series)
+    check_root_uid(root_uid)
     if simplify_tolerance_mm is not None and simplify_tolerance_mm < 0:
         raise ValueError(f"`simplify_tolerance_mm` must be None or >= 0, got {simplify_tolerance_mm}.")
     if len(structure_set_label) > 16:
@@ -233,7 +181,7 @@ def write_rtstruct(
     ds.InstanceCreationTime = time
     ds.SOPClassUID = RTSTRUCT_SOP_CLASS_UID
     ds.SOPInstanceUID = generate_uid(prefix=root_uid)
-    _copy_patient_and_study(ct, ds)
+    copy_patient_and_study(ct, ds)
     ref_study = Dataset()
     ref_study.ReferencedSOPClassUID = _STUDY_SOP_CLASS_UID
     ref_study.ReferencedSOPInstanceUID = str(series.study_instance_uid)
@@ -249,7 +197,7 @@ def write_rtstruct(
     # General Equipment
     ds.Manufacturer = "vacseg_monai"
     ds.ManufacturerModelName = "vacseg_monai"
-    ds.SoftwareVersions = __version__
+    ds.SoftwareVersions = [__version__, model_version[:64]] if model_version else __version__
     # Frame of Reference (shared with the CT)
     ds.FrameOfReferenceUID = for_uid
     ds.PositionReferenceIndicator = ct.get("PositionReferenceIndicator", "")
@@ -261,8 +209,9 @@ def write_rtstruct(
     ds.ReferencedFrameOfReferenceSequence = DicomSequence(
         [_referenced_frame_of_reference(for_uid, str(series.study_instance_uid), str(series.series_instance_uid), sop_class, sop_uids)]
     )
+    notes = dict(roi_notes or {})
     ds.StructureSetROISequence = DicomSequence(
-        [_structure_set_roi(label, for_uid) for label in label_table]
+        [_structure_set_roi(label, for_uid, notes.get(label.value)) for label in label_table]
     )
     # ROI Contour
     spacing = tuple(float(v) for v in series.pixel_spacing)
@@ -275,7 +224,7 @@ def write_rtstruct(
     )
     # RT ROI Observations
     ds.RTROIObservationsSequence = DicomSequence(
-        [_observation(index + 1, label) for index, label in enumerate(label_table)]
+        [_observation(index + 1, label, notes.get(label.value)) for index, label in enumerate(label_table)]
     )
     # Approval: automatic contours are never approved by this software.
     ds.ApprovalStatus = "UNAPPROVED"
@@ -288,58 +237,8 @@ def write_rtstruct(
     meta.ImplementationVersionName = f"VACSEG_{__version__}"[:16]
     ds.file_meta = meta
     if out_path is not None:
-        out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(out_path, enforce_file_format=True)
-        logger.info(
-            "Wrote RTSTRUCT %s (%d ROIs) for series %s to %s",
-            ds.SOPInstanceUID,
-            len(label_table),
-            series.series_instance_uid,
-            out_path,
-        )
+        save_atomic(ds, out_path)
     return ds
-
-
-def _check_label_map(labels: Any, series: CTSeries) -> np.ndarray:
-    """Return the label map as an integer numpy array (rows, cols, n) matching the series."""
-    affine = getattr(labels, "affine", None)
-    if hasattr(labels, "detach"):  # torch tensor / MetaTensor
-        array = labels.detach().cpu().numpy()
-    else:
-        array = np.asarray(labels)
-    if array.ndim == 4 and array.shape[0] == 1:
-        array = array[0]
-    first = series.datasets[0]
-    expected = (int(first.Rows), int(first.Columns), len(series.datasets))
-    if array.shape != expected:
-        raise ValueError(
-            f"Label map shape {tuple(array.shape)} does not match series {series.series_instance_uid} "
-            f"(rows, cols, slices) = {expected}; pass (rows, cols, n_slices) or (1, rows, cols, n_slices)."
-        )
-    if affine is not None:
-        affine = np.asarray(affine.detach().cpu().numpy() if hasattr(affine, "detach") else affine, dtype=np.float64)
-        expected_ras = lps_to_ras(series.affine_lps)
-        if affine.shape != (4, 4) or not np.allclose(affine, expected_ras, atol=1e-3):
-            raise ValueError(
-                f"Label map affine does not match series {series.series_instance_uid}: got\n{affine}\n"
-                f"expected (RAS)\n{expected_ras}\nResample the labels back to the CT grid first."
-            )
-    if not np.issubdtype(array.dtype, np.integer) and array.dtype != bool:
-        rounded = np.rint(array)
-        if not np.array_equal(rounded, array):
-            raise ValueError(
-                f"Label map values must be integers, got dtype {array.dtype} with non-integer values."
-            )
-        array = rounded
-    return array.astype(np.int32, copy=False) if array.dtype != np.uint8 else array
-
-
-def _check_root_uid(root_uid: str) -> None:
-    if not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.", root_uid) or len(root_uid) > 54:
-        raise ValueError(
-            f"`root_uid` must be a valid UID prefix ending with '.' and at most 54 characters, got {root_uid!r}."
-        )
 
 
 def _warn_unknown_values(label_map: np.ndarray, label_table: Sequence[Label]) -> None:
@@ -374,22 +273,25 @@ def _referenced_frame_of_reference(
     return ref_for
 
 
-def _structure_set_roi(label: Label, for_uid: str) -> Dataset:
+def _structure_set_roi(label: Label, for_uid: str, note: str | None = None) -> Dataset:
     item = Dataset()
     item.ROINumber = label.value
     item.ReferencedFrameOfReferenceUID = for_uid
-    item.ROIName = label.name
+    item.ROIName = label.name[:64]
     item.ROIDescription = label.description[:64]
     item.ROIGenerationAlgorithm = "AUTOMATIC"
-    item.ROIGenerationDescription = f"vacseg_monai {__version__}"[:64]
+    generation = f"vacseg_monai {__version__}" + (f"; {note}" if note else "")
+    item.ROIGenerationDescription = generation[:64]  # LO
     return item
 
 
-def _observation(number: int, label: Label) -> Dataset:
+def _observation(number: int, label: Label, note: str | None = None) -> Dataset:
     item = Dataset()
     item.ObservationNumber = number
     item.ReferencedROINumber = label.value
-    item.ROIObservationLabel = label.name
+    item.ROIObservationLabel = label.name[:16]  # SH
+    if note:
+        item.ROIObservationDescription = note[:1024]  # ST
     item.RTROIInterpretedType = label.rt_roi_type.value
     item.ROIInterpreter = ""
     return item
@@ -441,20 +343,6 @@ def _contour_item(number: int, points: np.ndarray, sop_class: UID, sop_uid: str)
     # pydicom writes the raw element as it is instead of decoding and re-encoding it.
     contour.set_original_encoding(False, True, contour._character_set)
     return contour
-
-
-def _copy_patient_and_study(source: Dataset, target: Dataset) -> None:
-    for keyword in _PATIENT_KEYWORDS + _STUDY_KEYWORDS:
-        if keyword in source:
-            target[keyword] = source[keyword]
-    for keyword in _TYPE2_KEYWORDS:
-        if keyword not in target:
-            setattr(target, keyword, "")
-    if "PatientSpeciesDescription" in target or "PatientSpeciesCodeSequence" in target:
-        # Type 2C when the patient is an animal: present, empty if the CT lacks them.
-        for keyword in _ANIMAL_TYPE2C_KEYWORDS:
-            if keyword not in target:
-                setattr(target, keyword, [] if keyword.endswith("Sequence") else "")
 
 
 # --------------------------------------------------------------------------- reader

@@ -6,6 +6,10 @@ mapping direct: ``labels[:, :, k]`` is the k-th slice of ``series.datasets``, so
 frame ``k`` of the array handed to highdicom (``(frames, rows, cols)``) is
 derived from source image ``k`` and carries that image's position.
 
+What every written object shares (UID root, veterinary attributes, label-map
+coercion, atomic save, file name) comes from :mod:`vacseg_monai.dicom.outputs`,
+whose :func:`~vacseg_monai.dicom.outputs.write_outputs` is how the project writes it.
+
 Segment numbers, labels, property codes and display colours come from the label
 table (:mod:`vacseg_monai.labels`). Every label of the table is described even
 when it has no voxel; frames without any voxel of a segment are omitted
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,21 +35,26 @@ from pydicom.sr.coding import Code as PydicomCode
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from vacseg_monai import __version__
+from vacseg_monai.dicom.outputs import (
+    DEFAULT_ROOT_UID,
+    check_root_uid,
+    complete_veterinary_attributes,
+    output_file_name,
+    save_atomic,
+    series_label_map,
+)
 from vacseg_monai.labels import LABELS, Label, checked_label_map
 
 if TYPE_CHECKING:
     from vacseg_monai.dicom.series import CTSeries
 
 __all__ = [
-    "DEFAULT_ROOT_UID",
     "SEG_MANUFACTURER",
     "write_seg",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Root under which SeriesInstanceUID and SOPInstanceUID are generated.
-DEFAULT_ROOT_UID = "1.2.826.0.1.3680043.8.498."
 #: Manufacturer (0008,0070) and Manufacturer's Model Name of written objects.
 SEG_MANUFACTURER = "vacseg_monai"
 
@@ -57,17 +65,6 @@ _DEFAULT_SERIES_NUMBER = 901
 # Coding schemes defined in PS3.16; any other designator gets an entry in the
 # Coding Scheme Identification Sequence.
 _STANDARD_SCHEMES = frozenset({"DCM", "SCT", "SRT", "LN", "FMA", "UCUM", "NCIt", "RADLEX", "UMLS"})
-
-# Type 2C attributes of the Patient / Patient Study modules that are required
-# (possibly empty) when the patient is an animal (PS3.3 C.7.1.1, C.7.2.2).
-_VETERINARY_TYPE2C = (
-    "PatientBreedCodeSequence",
-    "BreedRegistrationSequence",
-    "ResponsiblePerson",
-    "ResponsibleOrganization",
-    "PatientSexNeutered",
-)
-
 
 def write_seg(
     labels: Any,
@@ -85,6 +82,7 @@ def write_seg(
     device_serial_number: str = "0",
     omit_empty_frames: bool = True,
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
+    model_version: str | None = None,
 ) -> hd.seg.Segmentation:
     """Encode a label map (or per-label probabilities) as a DICOM Segmentation.
 
@@ -96,13 +94,15 @@ def write_seg(
         series: the source CT series (:class:`vacseg_monai.dicom.series.CTSeries`).
         out_path: file to write (parent folders are created; written via a
             temporary file and an atomic rename), or an existing folder, where the
-            file is named ``SEG_<SOPInstanceUID>.dcm``. ``None`` (default) writes
-            nothing.
+            file is named ``SEG.<SOPInstanceUID>.dcm``
+            (:func:`~vacseg_monai.dicom.outputs.output_file_name`). ``None`` (default)
+            writes nothing.
         label_table: labels to describe, default :data:`vacseg_monai.labels.LABELS`.
             Segment numbers are 1..N in order of increasing label value; every
             label is described even when it has no voxel.
         root_uid: UID root for the new series and instance UIDs, default
-            ``"1.2.826.0.1.3680043.8.498."``; must end with ``"."``.
+            :data:`~vacseg_monai.dicom.outputs.DEFAULT_ROOT_UID` (see
+            :func:`~vacseg_monai.dicom.outputs.check_root_uid`).
         probabilities: optional class probabilities ``(C, rows, cols, n_slices)``
             in [0, 1] with ``C == len(label_table) + 1`` (channel 0 = background,
             dropped) or ``C == len(label_table)`` (in label-table order). When
@@ -134,11 +134,9 @@ def write_seg(
             empty or has duplicate values, or ``root_uid`` is not a valid root.
     """
     table = _check_label_table(label_table)
-    _check_root_uid(root_uid)
-    if not series.datasets:
-        raise ValueError(f"Series {series.series_instance_uid} has no datasets; cannot derive a SEG from it.")
-    expected_shape = (int(series.datasets[0].Rows), int(series.datasets[0].Columns), len(series.datasets))
-    label_map = _as_label_map(labels, expected_shape, series.series_instance_uid)
+    check_root_uid(root_uid)
+    label_map = series_label_map(labels, series)
+    expected_shape = label_map.shape
     segment_map = _to_segment_numbers(label_map, table, series.series_instance_uid)
 
     if probabilities is None:
@@ -176,7 +174,7 @@ def write_seg(
         instance_number=instance_number,
         manufacturer=SEG_MANUFACTURER,
         manufacturer_model_name=SEG_MANUFACTURER,
-        software_versions=[__version__, f"highdicom {hd.__version__}"],
+        software_versions=[__version__, f"highdicom {hd.__version__}"] + ([model_version[:64]] if model_version else []),
         device_serial_number=device_serial_number,
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         max_fractional_value=255,
@@ -186,7 +184,7 @@ def write_seg(
         omit_empty_frames=omit_empty_frames,
         series_description=series_description,
     )
-    _complete_veterinary_attributes(seg)
+    complete_veterinary_attributes(seg)
     _add_coding_scheme_identification(seg, table)
     logger.info(
         "Built %s SEG %s (%d frames, %d segments) for series %s.",
@@ -197,7 +195,8 @@ def write_seg(
         series.series_instance_uid,
     )
     if out_path is not None:
-        _save(seg, Path(out_path))
+        out_path = Path(out_path)
+        save_atomic(seg, out_path / output_file_name(seg) if out_path.is_dir() else out_path)
     return seg
 
 
@@ -212,40 +211,11 @@ def _check_label_table(label_table: Sequence[Label]) -> list[Label]:
     return table
 
 
-def _check_root_uid(root_uid: str) -> None:
-    """Reject UID roots that cannot prefix a generated UID."""
-    parts = root_uid.split(".")
-    valid = (
-        root_uid.endswith(".")
-        and len(root_uid) <= 54
-        and all(part.isdigit() and (part == "0" or not part.startswith("0")) for part in parts[:-1])
-    )
-    if not valid:
-        raise ValueError(
-            f"`root_uid` must be digits and dots ending with '.', without leading zeros, at most 54 "
-            f"characters (e.g. {DEFAULT_ROOT_UID!r}), got {root_uid!r}."
-        )
-
-
 def _to_numpy(array: Any) -> np.ndarray:
     """Convert a numpy array, torch tensor or MetaTensor to numpy without copying when possible."""
     if hasattr(array, "detach"):
         array = array.detach().cpu().numpy()
     return np.asarray(array)
-
-
-def _as_label_map(labels: Any, expected_shape: tuple[int, int, int], series_uid: str) -> np.ndarray:
-    """Return the label map as a ``(rows, cols, n_slices)`` array matching the series."""
-    label_map = _to_numpy(labels)
-    if label_map.ndim == 4 and label_map.shape[0] == 1:
-        label_map = label_map[0]
-    if label_map.shape != expected_shape:
-        raise ValueError(
-            f"Label map shape {tuple(label_map.shape)} does not match series {series_uid} shape "
-            f"(rows, cols, n_slices) = {expected_shape}; a channel-first (1, rows, cols, n_slices) "
-            "tensor is accepted too."
-        )
-    return label_map
 
 
 def _to_segment_numbers(label_map: np.ndarray, table: list[Label], series_uid: str) -> np.ndarray:
@@ -311,16 +281,6 @@ def _source_images(series: CTSeries) -> list[Dataset]:
     return [pydicom.dcmread(path, stop_before_pixels=True) for path in series.files]
 
 
-def _complete_veterinary_attributes(seg: hd.seg.Segmentation) -> None:
-    """Add the (empty) Type 2C attributes required for an animal patient if the source lacked them."""
-    if "PatientSpeciesDescription" not in seg and "PatientSpeciesCodeSequence" not in seg:
-        return
-    for keyword in _VETERINARY_TYPE2C:
-        if keyword not in seg:
-            setattr(seg, keyword, [] if keyword.endswith("Sequence") else "")
-            logger.debug("SEG %s: added empty %s (veterinary Type 2C).", seg.SOPInstanceUID, keyword)
-
-
 def _add_coding_scheme_identification(seg: hd.seg.Segmentation, table: list[Label]) -> None:
     """Identify non-PS3.16 coding schemes (e.g. the project scheme ``99VACSEG``)."""
     schemes = sorted(
@@ -336,23 +296,3 @@ def _add_coding_scheme_identification(seg: hd.seg.Segmentation, table: list[Labe
         item.CodingSchemeResponsibleOrganization = SEG_MANUFACTURER
         items.append(item)
     seg.CodingSchemeIdentificationSequence = items
-
-
-def _save(seg: hd.seg.Segmentation, out_path: Path) -> Path:
-    """Write ``seg`` atomically (temporary file + rename) and return the path written."""
-    if out_path.is_dir():
-        out_path = out_path / f"SEG_{seg.SOPInstanceUID}.dcm"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".seg-", suffix=".tmp", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            seg.save_as(handle, enforce_file_format=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; results are read by other users and services
-        os.replace(tmp_name, out_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    logger.info("Wrote SEG %s to %s.", seg.SOPInstanceUID, out_path)
-    return out_path

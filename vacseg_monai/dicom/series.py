@@ -26,6 +26,7 @@ Real exports are read as they come:
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ __all__ = [
     "is_localizer",
     "list_series",
     "read_series",
+    "read_series_files",
 ]
 
 logger = logging.getLogger(__name__)
@@ -298,8 +300,13 @@ def _scan(folder: str | Path, decoded: Mapping[Path, DecodedSlice | None] | None
     root = Path(folder)
     if not root.is_dir():
         raise NoSeriesError(f"Not a folder: {root}.")
+    return _scan_files(_iter_files(root), decoded)
+
+
+def _scan_files(paths: Iterable[Path], decoded: Mapping[Path, DecodedSlice | None] | None = None) -> _Scan:
+    """Group the CT Image Storage headers of ``paths`` by SeriesInstanceUID (``decoded`` headers reused)."""
     scan = _Scan()
-    for path in _iter_files(root):
+    for path in paths:
         ready = decoded.get(path) if decoded else None
         ds = ready.header if ready is not None else _read(path)
         if ds is None:
@@ -651,6 +658,51 @@ def read_series(
     if not 0 < spacing_tolerance < 1:
         raise ValueError(f"`spacing_tolerance` must be in (0, 1), got {spacing_tolerance}.")
     scan = _scan(folder, decoded)
+    return _read_scanned(scan, folder, series_uid, spacing_tolerance, lateral_tolerance_mm, decoded)
+
+
+def read_series_files(
+    paths: Iterable[str | Path],
+    *,
+    series_uid: str | None = None,
+    spacing_tolerance: float = 0.05,
+    lateral_tolerance_mm: float | None = None,
+) -> CTSeries:
+    """Read one CT series from the given files only, e.g. files found scattered through an export.
+
+    The same rules, checks and result as :func:`read_series`; errors name the files as given.
+
+    Args:
+        paths: the files (other SOP classes, localizers and non-DICOM files among them are skipped).
+        series_uid: SeriesInstanceUID to read (default None: the CT series with the most slices).
+        spacing_tolerance: as for :func:`read_series` (default 0.05).
+        lateral_tolerance_mm: as for :func:`read_series` (default None).
+
+    Raises:
+        The errors of :func:`read_series`; :class:`NoSeriesError` also for an empty ``paths``.
+    """
+    if not 0 < spacing_tolerance < 1:
+        raise ValueError(f"`spacing_tolerance` must be in (0, 1), got {spacing_tolerance}.")
+    files = sorted(Path(p) for p in paths)
+    where = Path(os.path.commonpath([str(p.parent) for p in files])) if files else Path()
+    scan = _scan_files(files)
+    return _read_scanned(scan, f"the {len(files)} files given under {where}", series_uid, spacing_tolerance,
+                         lateral_tolerance_mm, None, where)  # fmt: skip
+
+
+def _read_scanned(
+    scan: _Scan,
+    folder: str | Path,
+    series_uid: str | None,
+    spacing_tolerance: float,
+    lateral_tolerance_mm: float | None,
+    decoded: Mapping[Path, DecodedSlice | None] | None,
+    source: str | Path | None = None,
+) -> CTSeries:
+    """Choose, check, sort and decode one series of ``scan``, the headers found in ``folder`` (named in errors).
+
+    ``source`` is the path recorded as the volume's ``filename_or_obj`` (default: ``folder``).
+    """
     series_uid = _choose_series(folder, scan, series_uid)
     _log_filled(scan, series_uid)
     items = scan.groups[series_uid]
@@ -687,7 +739,7 @@ def read_series(
 
     affine_ras = lps_to_ras(affine)
     meta = {
-        "filename_or_obj": str(folder),
+        "filename_or_obj": str(source if source is not None else folder),
         "series_instance_uid": series_uid,
         "space": "RAS",
         "original_affine": affine_ras.copy(),

@@ -34,6 +34,7 @@ from pydicom.uid import (
 )
 
 from vacseg_monai.dicom.geometry import PatientPosition, affine_lps, index_to_lps
+from vacseg_monai.dicom.outputs import DEFAULT_ROOT_UID
 
 __all__ = [
     "DEFAULT_ROOT_UID",
@@ -44,8 +45,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: UID root used when none is given (the pydicom-registered example root).
-DEFAULT_ROOT_UID = "1.2.826.0.1.3680043.8.498."
 
 _DCMCJPEG_TIMEOUT_S = 120.0
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -159,6 +158,7 @@ def write_ct_series(
     rescale_intercept: float = -1024.0,
     rescale_slope: float = 1.0,
     signed: bool = True,
+    pixel_padding_value: int | None = None,
     series_number: int = 1,
     series_description: str = "Synthetic CT",
     study_description: str = "Synthetic planning CT",
@@ -196,6 +196,8 @@ def write_ct_series(
         rescale_intercept: RescaleIntercept, default -1024 (stored = HU + 1024).
         rescale_slope: RescaleSlope, default 1.
         signed: PixelRepresentation 1 (int16, default) or 0 (uint16).
+        pixel_padding_value: stored value written as Pixel Padding Value (0028,0120) for the
+            pixels outside the reconstruction circle, e.g. -2000; default None (not written).
         series_number: SeriesNumber, default 1.
         series_description: SeriesDescription.
         study_description: StudyDescription.
@@ -333,6 +335,8 @@ def write_ct_series(
         ds.RescaleIntercept = _fmt_ds(float(rescale_intercept))
         ds.RescaleSlope = _fmt_ds(float(rescale_slope))
         ds.RescaleType = "HU"
+        if pixel_padding_value is not None:
+            ds.PixelPaddingValue = int(pixel_padding_value)
         ds.KVP = "120"
         ds.WindowCenter = "40"
         ds.WindowWidth = "400"

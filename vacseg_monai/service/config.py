@@ -17,9 +17,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from vacseg_monai.dicom.outputs import OutputKind
+from vacseg_monai.dicom.outputs import OutputKind, check_root_uid
 from vacseg_monai.paths import default_bundle_root
-from vacseg_monai.service.uids import InvalidUIDError, sanitize_uid
 
 __all__ = [
     "DEFAULT_PROCESSOR",
@@ -158,13 +157,11 @@ class NodeConfig:
         if not 0 < len(str(self.review_suffix)) <= 16 or "\\" in str(self.review_suffix):
             raise ValueError(f"`review_suffix` must be 1 to 16 characters without a backslash, got {self.review_suffix!r}.")
         if self.root_uid is not None:
+            root = str(self.root_uid)
             try:
-                root = sanitize_uid(str(self.root_uid).rstrip("."), what="root_uid")
-            except InvalidUIDError as exc:
+                self.root_uid = check_root_uid(root if root.endswith(".") else root + ".")
+            except ValueError as exc:
                 raise ValueError(f"`root_uid` is not a valid UID root: {exc}") from exc
-            if len(root) > 40:
-                raise ValueError(f"`root_uid` must be at most 40 characters to leave room, got {len(root)}.")
-            self.root_uid = root + "."
         if not isinstance(self.ae_title, str) or not 0 < len(self.ae_title.strip()) <= 16:
             raise ValueError(f"`ae_title` must be 1-16 characters, got {self.ae_title!r}.")
         for name in ("tls_cert", "tls_key", "tls_ca"):

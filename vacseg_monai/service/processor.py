@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vacseg_monai.dicom.outputs import OutputKind
 from vacseg_monai.dicom.series import DecodedSlice, decode_slice
-from vacseg_monai.inference import InferenceInput, InputKind, OutputKind, load_input
+from vacseg_monai.inputs import InferenceInput, InputKind, load_input
 from vacseg_monai.qa import OverlayPanel, save_overlay_montage
 from vacseg_monai.quality import QualityReport
 from vacseg_monai.segmenter import BundleSegmenter
@@ -189,7 +190,7 @@ class BundleProcessor:
         None (preprocess the whole volume instead) when fewer than three quarters were done ahead:
         one slice at a time costs about twice as much per slice as the whole volume at once.
         """
-        if source.series is None or not ahead:
+        if source.series is None or not ahead or source.rows_flipped:  # slices were preprocessed as stored
             return None
         slices = [ahead.get(path) for path in source.series.files]
         missing = [k for k, item in enumerate(slices) if item is None]
@@ -231,7 +232,8 @@ class BundleProcessor:
 
         start = time.perf_counter()
         written = self.segmenter.write(
-            source, result.labels, job_dir / "output", self.output, self.root_uid, nifti=False
+            source, result.labels, job_dir / "output", self.output, self.root_uid, nifti=False,
+            quality=result.quality, flagged_suffix=self.review_suffix if self.mark_flagged else None,
         )
         timings["write"] = time.perf_counter() - start
         _write_timings(job_dir, timings)

@@ -3,10 +3,11 @@
 The SCP never runs the model. A C-STORE is acknowledged with success only after
 the bytes received from the peer (written as they came, with file meta, not
 decoded and re-encoded) are on disk and fsync'ed under
-``jobs/<job_id>/series/<SOPInstanceUID>.dcm``. pynetdicom writes each instance
-into a file under ``incoming/`` while it arrives; the handler parses only its
-header (the pixel data stay on disk) and renames the file into its job, so no
-instance, however large, is held whole in memory. A series is complete when the
+``jobs/<job_id>/series/<SOPInstanceUID>.dcm``. In the node's own process
+(:func:`run_node`) pynetdicom writes each instance into a file under
+``incoming/`` while it arrives (:func:`receive_into_files`); the handler parses
+only its header (the pixel data stay on disk) and renames the file into its job,
+so no instance, however large, is held whole in memory. A series is complete when the
 last association that sent to it ends (release, abort or dropped connection),
 or ``series_timeout`` seconds after that if nothing more arrives, so a sender
 may spread a series over several associations. The complete job is marked
@@ -26,7 +27,9 @@ import signal
 import ssl
 import tempfile
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -38,6 +41,7 @@ from pynetdicom.sop_class import Verification
 from vacseg_monai.dicom.series import DEFER_SIZE
 from vacseg_monai.service.config import NodeConfig
 from vacseg_monai.service.jobs import JobState, JobStore, fsync_file, move_atomic, write_atomic
+from vacseg_monai.service.review import ControlListener
 from vacseg_monai.service.uids import InvalidUIDError, sanitize_uid
 from vacseg_monai.service.worker import WorkerProcess
 
@@ -49,6 +53,7 @@ __all__ = [
     "handle_requested",
     "handle_store",
     "make_server_ssl_context",
+    "receive_into_files",
     "run_node",
 ]
 
@@ -330,7 +335,7 @@ def handle_store(event: evt.Event, assembler: SeriesAssembler) -> int:
     except OSError:
         logger.exception("Cannot check free space on %s", assembler.store.root)
         return StoreStatus.OUT_OF_RESOURCES
-    # With pynetdicom's STORE_RECV_CHUNKED_DATASET (as DicomNode runs it) the received bytes are already
+    # With pynetdicom's STORE_RECV_CHUNKED_DATASET (as run_node sets it) the received bytes are already
     # in a file, preceded by file meta. Its header (pixel data left on disk) is parsed on a helper thread
     # while this one fsyncs the file.
     if event.dataset_path is None:
@@ -474,7 +479,8 @@ class DicomNode:
         )
         self._server = None
         self._stop = threading.Event()
-        self._saved_settings: tuple[bool, str | None] | None = None
+        # `serve_scp.py --approve JOB` in another process wakes the worker through this socket.
+        self.control = ControlListener(config.output_directory, self.worker.submit)
 
     @property
     def port(self) -> int:
@@ -483,24 +489,25 @@ class DicomNode:
             raise RuntimeError("The node is not started; call start() first.")
         return self._server.server_address[1]
 
+    @property
+    def incoming(self) -> Path:
+        """The folder into which instances are received as files, under :func:`receive_into_files`."""
+        return self.store.root / INCOMING_DIR
+
     def start(self) -> None:
         """Recover unfinished jobs, start the worker, then listen.
 
-        Instances are received straight into files (pynetdicom's ``STORE_RECV_CHUNKED_DATASET``), so a
-        large instance is never held whole in memory. pynetdicom names those files with :mod:`tempfile`;
-        the node points the process's temporary folder at ``<output>/incoming`` until :meth:`stop`, so that
-        a received file is renamed into its job rather than copied. Files left there by a crash were never
-        acknowledged and are removed.
+        The node changes no process-wide setting: received instances are held in memory until they
+        are stored, unless the process owner receives them straight into :attr:`incoming`
+        (:func:`receive_into_files`, as :func:`run_node` does). Files left there by a crash were
+        never acknowledged and are removed.
         """
         cfg = self.config
-        incoming = self.store.root / INCOMING_DIR
-        shutil.rmtree(incoming, ignore_errors=True)
-        incoming.mkdir(parents=True)
-        self._saved_settings = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        tempfile.tempdir = str(incoming)
+        shutil.rmtree(self.incoming, ignore_errors=True)
+        self.incoming.mkdir(parents=True)
         self.assembler.recover()
         self.worker.start()
+        self.control.start()
         ae = AE(ae_title=cfg.ae_title)
         ae.acse_timeout = cfg.acse_timeout
         ae.dimse_timeout = cfg.dimse_timeout
@@ -550,9 +557,7 @@ class DicomNode:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
-        if self._saved_settings is not None:
-            _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = self._saved_settings
-            self._saved_settings = None
+        self.control.stop()
         self.assembler.close()
         self.worker.stop(timeout)
 
@@ -562,6 +567,34 @@ class DicomNode:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+@contextmanager
+def receive_into_files(folder: str | Path) -> Iterator[Path]:
+    """Make pynetdicom receive every C-STORE of this process straight into a file in ``folder``.
+
+    Both settings are process-wide: pynetdicom's ``STORE_RECV_CHUNKED_DATASET`` switch and the
+    :mod:`tempfile` folder in which pynetdicom creates those files. Only the owner of a process that
+    runs nothing but the node should use this (:func:`run_node` does), with the node's
+    :attr:`DicomNode.incoming`, so that a received file is renamed into its job rather than copied;
+    any other Storage SCP in the process would receive into that folder too. Both are restored on exit.
+
+    Args:
+        folder: where the files are created (must exist).
+
+    Yields:
+        ``folder``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"Cannot receive into {folder}: not a folder; start the node first.")
+    saved = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(folder)
+    try:
+        yield folder
+    finally:
+        _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = saved
 
 
 def _report_ready(node: DicomNode) -> None:
@@ -587,9 +620,11 @@ def run_node(config: NodeConfig) -> None:
     for sig in previous:
         signal.signal(sig, lambda *_: node.request_stop())
     node.start()
-    threading.Thread(target=_report_ready, args=(node,), name="ready-report", daemon=True).start()
     try:
-        node.wait()
+        # This process runs the node alone: it receives straight into files.
+        with receive_into_files(node.incoming):
+            threading.Thread(target=_report_ready, args=(node,), name="ready-report", daemon=True).start()
+            node.wait()
     finally:
         logger.info("Stopping")
         node.stop()

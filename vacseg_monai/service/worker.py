@@ -29,6 +29,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Protocol
 
+from vacseg_monai.logs import setup_logging
 from vacseg_monai.service.config import NodeConfig, ReviewPolicy
 from vacseg_monai.service.jobs import PENDING_STATES, Job, JobState, JobStore
 
@@ -323,11 +324,12 @@ def worker_main(config: NodeConfig, conn: multiprocessing.connection.Connection,
         conn: receiving end of the wake-up pipe.
         ready: a ``multiprocessing`` event set once the processor is loaded (default None).
     """
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s"
+    # One highdicom line per SEG and one pynetdicom line per C-STORE are noise unless debugging.
+    setup_logging(
+        config.log_level,
+        third_party=str(config.log_level).upper() == "DEBUG",
+        fmt="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s",
     )
-    if str(config.log_level).upper() != "DEBUG":  # one line per C-STORE is noise unless debugging
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     _exit_with_parent()
     if config.worker_nice and hasattr(os, "nice"):
         # Below the SCP: receiving goes first when both want the processor; idle cycles are all the worker's.

@@ -1,4 +1,4 @@
-"""Tests for clinic export conversion and label-map -> DICOM writing (vacseg_monai.dicom.convert).
+"""Tests for clinic export conversion (vacseg_monai.dicom.exports) and reading a series from its files.
 
 The "clinic export" is built from phantoms written as real DICOM (CT + truth RTSTRUCT),
 scattered over sub-folders under random file names, plus broken and unmatched items.
@@ -9,30 +9,26 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import logging
 import shutil
 from pathlib import Path
 
-import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 
 from vacseg_monai.datasets import Layout, discover_patients, load_nifti_volume
-from vacseg_monai.dicom.convert import (
+from vacseg_monai.dicom.errors import MissingSliceError, NoSeriesError
+from vacseg_monai.dicom.exports import (
     REPORT_CSV,
     REPORT_JSON,
     SkipReason,
     convert_exports,
-    load_label_nifti,
     parse_name_map,
     patient_folder_name,
-    resample_label_map,
 )
 from vacseg_monai.dicom.phantom_dicom import write_phantom_dicom
-from vacseg_monai.dicom.rtstruct import read_rtstruct
-from vacseg_monai.dicom.series import read_series
+from vacseg_monai.dicom.series import read_series, read_series_files
 from vacseg_monai.labels import LABELS, label_by_name
 from vacseg_monai.phantom import Phantom, generate_phantom
 
@@ -48,8 +44,8 @@ def _script(name: str):
 
 
 def cropped_phantom(seed: int, size: int, n_slices: int, *, where: str = "bag end") -> Phantom:
-    """A phantom cut to ``n_slices`` slices centred on the end (or the middle) of the vacuum bag."""
-    phantom = generate_phantom(seed, size=size)
+    """A (generator v1) phantom cut to ``n_slices`` slices centred on the end (or the middle) of the vacuum bag."""
+    phantom = generate_phantom(seed, size=size, version=1)
     start, stop = phantom.bag_slices
     centre = (stop if start == 0 else start) if where == "bag end" else (start + stop) // 2
     first = int(np.clip(centre - n_slices // 2, 0, phantom.n_slices - n_slices))
@@ -240,127 +236,6 @@ def test_patient_folder_name_and_name_map(tmp_path):
         parse_name_map(json_file=path)
 
 
-# --------------------------------------------------------------------------- label map -> DICOM
-
-
-@pytest.fixture(scope="module")
-def ct(tmp_path_factory):
-    # 256 x 256 so that a half-resolution map still resolves the couch and bag walls (Dice >= 0.95).
-    phantom = cropped_phantom(2, 256, 12, where="bag middle")
-    written = write_phantom_dicom(phantom, tmp_path_factory.mktemp("ct"), orientation="FFS")
-    return phantom, written.ct_dir, read_series(written.ct_dir)
-
-
-def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> Path:
-    nib.save(nib.Nifti1Image(data, affine), str(path))
-    return path
-
-
-def _index_map(perm: tuple[int, int, int], flips: tuple[bool, bool, bool], shape: tuple[int, int, int]):
-    """Reorder an array by ``perm`` + ``flips`` and return the matrix from new to old voxel index."""
-    new_shape = [shape[p] for p in perm]
-    matrix = np.zeros((4, 4))
-    matrix[3, 3] = 1
-    for new_axis, old_axis in enumerate(perm):
-        if flips[new_axis]:
-            matrix[old_axis, new_axis] = -1
-            matrix[old_axis, 3] = new_shape[new_axis] - 1
-        else:
-            matrix[old_axis, new_axis] = 1
-    return matrix
-
-
-def _read_back(paths, series):
-    rs = next(p for p in paths if p.name.startswith("RS."))
-    seg = next(p for p in paths if p.name.startswith("SEG_"))
-    from_rt = read_rtstruct(rs, series)
-    pixels = hd.seg.segread(seg).get_pixels_by_source_instance(series.sop_instance_uids, combine_segments=True)
-    return from_rt, np.moveaxis(pixels, 0, 2)
-
-
-def test_write_dicom_rt_on_grid_round_trips(ct, tmp_path):
-    phantom, ct_dir, series = ct
-    nii = _save_nifti(phantom.labels, series.affine_ras, tmp_path / "labels.nii.gz")
-    resampled, covered = resample_label_map(*load_label_nifti(nii), series.shape, series.affine_ras)
-    assert covered == 1.0
-    np.testing.assert_array_equal(resampled, phantom.labels)
-    out = tmp_path / "out"
-    status = _script("write_dicom_rt").main(["--series", str(ct_dir), "--labels", str(nii), "--out", str(out),
-                                             "--format", "both", "--root-uid", "1.2.826.0.1.3680043.8.498.5.", "-q"])
-    assert status == 0
-    paths = sorted(out.iterdir())
-    assert len(paths) == 2
-    from_rt, from_seg = _read_back(paths, series)
-    np.testing.assert_array_equal(from_seg, phantom.labels)
-    for label in LABELS:
-        assert dice(from_rt == label.value, phantom.labels == label.value) >= 0.99
-    for path in paths:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        assert ds.SOPInstanceUID.startswith("1.2.826.0.1.3680043.8.498.5.")
-        assert ds.PatientID == phantom.patient_id
-
-
-@pytest.mark.parametrize("case", ["permuted", "half"])
-def test_write_dicom_rt_resamples_other_grids(ct, tmp_path, case):
-    phantom, ct_dir, series = ct
-    if case == "permuted":
-        perm, flips = (2, 1, 0), (False, True, True)
-        data = np.transpose(phantom.labels, perm)
-        data = np.flip(data, axis=[i for i, f in enumerate(flips) if f])
-        affine = series.affine_ras @ _index_map(perm, flips, phantom.labels.shape)
-    else:
-        data = phantom.labels[::2, ::2, ::2]
-        affine = series.affine_ras @ np.array([[2, 0, 0, 0.5], [0, 2, 0, 0.5], [0, 0, 2, 0.5], [0, 0, 0, 1.0]])
-    nii = _save_nifti(np.ascontiguousarray(data).astype(np.int16), affine, tmp_path / f"{case}.nii.gz")
-    out = tmp_path / "out"
-    status = _script("write_dicom_rt").main(["--series", str(ct_dir), "--labels", str(nii), "--out", str(out),
-                                             "--format", "both", "-q"])
-    assert status == 0
-    from_rt, from_seg = _read_back(sorted(out.iterdir()), series)
-    for label in LABELS:
-        truth = phantom.labels == label.value
-        assert dice(from_seg == label.value, truth) >= 0.95, (case, label.name)
-        assert dice(from_rt == label.value, truth) >= 0.95, (case, label.name)
-    if case == "permuted":
-        np.testing.assert_array_equal(from_seg, phantom.labels)
-
-
-def test_partial_coverage_warns_and_fills_background(ct, tmp_path, caplog):
-    phantom, ct_dir, series = ct
-    nii = _save_nifti(phantom.labels[:, :, :6], series.affine_ras, tmp_path / "half.nii.gz")
-    from vacseg_monai.dicom.convert import write_label_map_dicom
-
-    with caplog.at_level(logging.WARNING, logger="vacseg_monai.dicom.convert"):
-        paths = write_label_map_dicom(ct_dir, nii, tmp_path / "out", fmt="seg")
-    assert "covers only 50.0 %" in caplog.text
-    seg_path = paths[0]
-    pixels = hd.seg.segread(seg_path).get_pixels_by_source_instance(series.sop_instance_uids, combine_segments=True)
-    pixels = np.moveaxis(pixels, 0, 2)
-    np.testing.assert_array_equal(pixels[:, :, :6], phantom.labels[:, :, :6])
-    assert not pixels[:, :, 6:].any()
-    far = _save_nifti(phantom.labels, series.affine_ras @ np.diag([1, 1, 1, 1.0]) + np.array(
-        [[0, 0, 0, 5000.0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]), tmp_path / "far.nii.gz")
-    with pytest.raises(ValueError, match="does not overlap"):
-        write_label_map_dicom(ct_dir, far, tmp_path / "out2")
-
-
-def test_bad_label_nifti_is_rejected(ct, tmp_path, caplog):
-    phantom, ct_dir, series = ct
-    fractional = _save_nifti(phantom.labels * np.float32(0.5), series.affine_ras, tmp_path / "prob.nii.gz")
-    with pytest.raises(ValueError, match=r"prob\.nii\.gz: label values must be whole numbers .* "
-                                         r"found non-integer values \[0\.5"):
-        load_label_nifti(fractional)
-    wrong = _save_nifti(np.where(phantom.labels == 3, 7, phantom.labels).astype(np.uint8), series.affine_ras,
-                        tmp_path / "wrong.nii.gz")
-    with pytest.raises(ValueError, match=r"label values \[7\] are not in the label table"):
-        load_label_nifti(wrong)
-    script = _script("write_dicom_rt")
-    with caplog.at_level(logging.ERROR):
-        status = script.main(["--series", str(ct_dir), "--labels", str(fractional), "--out", str(tmp_path / "o"), "-q"])
-    assert status == 2 and "non-integer" in caplog.text
-    assert not (tmp_path / "o").exists()
-
-
 def test_convert_script_arguments(tmp_path, capsys):
     script = _script("convert_dicom_rt")
     mapping = tmp_path / "names.json"
@@ -376,3 +251,26 @@ def test_convert_script_arguments(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert script.main([str(tmp_path / "empty"), "-od", str(tmp_path / "o"), "-q"]) == 1
     assert json.loads((tmp_path / "o" / REPORT_JSON).read_text())["converted"] == 0
+
+
+def test_read_series_files_reads_only_the_files_given_and_names_them(export, tmp_path):
+    input_dir, good = export
+    files = sorted(p for p in input_dir.rglob("*") if p.is_file())
+    by_series: dict[str, list[Path]] = {}
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        if ds.get("Modality") == "CT" and ds.get("PatientID") in ("phantom_001", "phantom_007"):
+            by_series.setdefault(str(ds.PatientID), []).append(path)
+    # The good patient's files sit among other series, other SOP classes and junk in the same folders.
+    series = read_series_files(by_series["phantom_001"] + [input_dir / "export" / "README.txt"])
+    phantom, affine_ras = good["phantom_001"]
+    assert series.shape == phantom.image.shape
+    np.testing.assert_array_equal(series.volume[0].numpy(), phantom.image)
+    np.testing.assert_allclose(series.affine_ras, affine_ras)
+    assert sorted(series.files) == sorted(by_series["phantom_001"])
+    # Errors name the real files, never a temporary folder.
+    with pytest.raises(MissingSliceError, match=r"about 1 slice\(s\) missing") as missing:
+        read_series_files(by_series["phantom_007"])
+    assert str(input_dir) in str(missing.value) and "vacseg-series" not in str(missing.value)
+    with pytest.raises(NoSeriesError, match=r"No CT Image Storage series found in the 1 files given under"):
+        read_series_files([input_dir / "export" / "README.txt"])

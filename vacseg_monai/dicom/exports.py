@@ -1,18 +1,17 @@
-"""Clinic DICOM exports to training data, and label maps back to DICOM.
+"""Clinic DICOM exports (CT series + RT Structure Sets) to the training layout.
 
-Clinic exports to the training layout (:func:`convert_exports`)
-----------------------------------------------------------------
-
-The input is a folder holding, per patient, a CT series and an RT Structure Set
-that references it, in any folder structure and with any file names. Every
-file's header is read once; CT Image Storage instances are grouped by
-SeriesInstanceUID and every RTSTRUCT is matched to the CT series it references
-(the series UIDs of its Referenced Frame of Reference Sequence, else the SOP
-instances its contours reference, else the one CT series that shares its
-FrameOfReferenceUID). Each matched series is read with
-:func:`vacseg_monai.dicom.series.read_series`, the structure set is rasterised
-onto it with :func:`vacseg_monai.dicom.rtstruct.read_rtstruct_contents` (ROI names
-mapped to labels by its ``name_map`` rules), and the patient is written as::
+The input of :func:`convert_exports` is a folder holding, per patient, a CT
+series and an RT Structure Set that references it, in any folder structure and
+with any file names. Every file's header is read once (with the series reader's
+own reader, :mod:`vacseg_monai.dicom.series`); CT Image Storage instances are
+grouped by SeriesInstanceUID and every RTSTRUCT is matched to the CT series it
+references (the series UIDs of its Referenced Frame of Reference Sequence, else
+the SOP instances its contours reference, else the one CT series that shares its
+FrameOfReferenceUID). Each matched series is read from its files with
+:func:`vacseg_monai.dicom.series.read_series_files`, the structure set is
+rasterised onto it with :func:`vacseg_monai.dicom.rtstruct.read_rtstruct_contents`
+(ROI names mapped to labels by its ``name_map`` rules), and the patient is
+written by the training-layout writers of :mod:`vacseg_monai.datasets`::
 
     npy   (default)   <out>/<patient>/img/<i>.npy     int16 HU,     (1, rows, cols)
                       <out>/<patient>/mask/<i>.npy    uint8 labels, (1, rows, cols)
@@ -25,13 +24,6 @@ patient folder, hence the two trees for ``both``). ``<patient>`` is the PatientI
 made safe for a file name, with ``_1``, ``_2``, ... appended when a patient has
 several series. A report of what was converted and what was skipped, and why, is
 written to ``<out>/conversion_report.json`` and ``.csv``.
-
-Label maps to DICOM (:func:`write_label_map_dicom`)
----------------------------------------------------
-
-A NIfTI label map with any affine is resampled onto a CT series' grid with
-nearest neighbour (CT index -> RAS -> NIfTI index, rounded; outside -> 0) and
-written as an RT Structure Set and/or a DICOM Segmentation of that series.
 """
 
 from __future__ import annotations
@@ -44,23 +36,23 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage
 
-from vacseg_monai.dicom.outputs import OutputKind
-from vacseg_monai.labels import BACKGROUND, LABELS, checked_label_map, label_by_name
-
-if TYPE_CHECKING:
-    from vacseg_monai.dicom.series import CTSeries
+from vacseg_monai.datasets import write_nifti_patient, write_npy_patient
+from vacseg_monai.dicom.errors import UnreadableFileError
+from vacseg_monai.dicom.rtstruct import RTSTRUCT_SOP_CLASS_UID, read_rtstruct_contents
+from vacseg_monai.dicom.series import _read as read_dicom_header
+from vacseg_monai.dicom.series import _sop_class as sop_class_of
+from vacseg_monai.dicom.series import read_series_files
+from vacseg_monai.labels import BACKGROUND, LABELS, label_by_name
 
 __all__ = [
     "REPORT_CSV",
@@ -70,13 +62,8 @@ __all__ = [
     "OutputFormat",
     "SkipReason",
     "convert_exports",
-    "load_label_nifti",
     "parse_name_map",
     "patient_folder_name",
-    "resample_label_map",
-    "write_label_map_dicom",
-    "write_nifti_patient",
-    "write_npy_patient",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,8 +72,6 @@ logger = logging.getLogger(__name__)
 REPORT_JSON = "conversion_report.json"
 REPORT_CSV = "conversion_report.csv"
 
-_RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
-_RAW_DATASET_PREFIXES = (b"\x08\x00", b"\x00\x08")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SKIP_WORDS = frozenset({"", "0", "none", "null", "skip", "ignore", "-"})
 
@@ -341,23 +326,6 @@ class _Index:
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _read_header(path: Path) -> Dataset | None:
-    """Header of one file; None for non-DICOM files. Raises for broken DICOM."""
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError:
-        with path.open("rb") as fh:
-            if fh.read(2) not in _RAW_DATASET_PREFIXES:
-                return None
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        return ds if "SOPClassUID" in ds else None
-
-
-def _sop_class(ds: Dataset) -> str:
-    value = ds.get("SOPClassUID") or getattr(ds, "file_meta", Dataset()).get("MediaStorageSOPClassUID")
-    return str(value) if value else ""
-
-
 def _rt_info(path: Path, ds: Dataset) -> _RTInfo:
     series: list[str] = []
     sops: set[str] = set()
@@ -397,14 +365,14 @@ def _scan(input_dir: Path, exclude: Path | None) -> _Index:
         if exclude is not None and exclude in path.parents:
             continue
         try:
-            ds = _read_header(path)
-        except Exception as exc:  # noqa: BLE001 - any parse failure of a DICOM file is reported
-            index.unreadable.append((path, f"Cannot read DICOM file {path}: {type(exc).__name__}: {exc}"))
+            ds = read_dicom_header(path)
+        except UnreadableFileError as exc:
+            index.unreadable.append((path, str(exc)))
             continue
         if ds is None:
             logger.debug("Skipping non-DICOM file %s", path)
             continue
-        sop_class = _sop_class(ds)
+        sop_class = sop_class_of(ds)
         if sop_class == CTImageStorage:
             uid = str(ds.get("SeriesInstanceUID", ""))
             if not uid:
@@ -423,7 +391,7 @@ def _scan(input_dir: Path, exclude: Path | None) -> _Index:
                 )
             info.files.append(path)
             info.sop_uids.add(str(ds.get("SOPInstanceUID", "")))
-        elif sop_class == _RTSTRUCT_SOP_CLASS:
+        elif sop_class == RTSTRUCT_SOP_CLASS_UID:
             try:
                 index.rtstructs.append(_rt_info(path, ds))
             except Exception as exc:  # noqa: BLE001 - malformed references
@@ -465,79 +433,6 @@ def _common_folder(files: Sequence[Path]) -> Path:
     return Path(os.path.commonpath([str(p.parent) for p in files])) if files else Path()
 
 
-# --------------------------------------------------------------------------- writers
-
-
-def write_npy_patient(image: np.ndarray, labels: np.ndarray, patient_dir: str | Path) -> Path:
-    """Write one patient in the per-slice npy layout.
-
-    Args:
-        image: int16 HU volume (rows, cols, n_slices).
-        labels: uint8 label map, same shape.
-        patient_dir: the patient folder (``img/`` and ``mask/`` are created in it).
-
-    Returns:
-        ``patient_dir``.
-
-    Raises:
-        ValueError: if the shapes differ or the dtypes are not int16 / uint8.
-    """
-    _check_volume_pair(image, labels)
-    patient_dir = Path(patient_dir)
-    (patient_dir / "img").mkdir(parents=True, exist_ok=True)
-    (patient_dir / "mask").mkdir(parents=True, exist_ok=True)
-    for i in range(image.shape[2]):
-        np.save(patient_dir / "img" / f"{i}.npy", np.ascontiguousarray(image[None, :, :, i]))
-        np.save(patient_dir / "mask" / f"{i}.npy", np.ascontiguousarray(labels[None, :, :, i]))
-    return patient_dir
-
-
-def write_nifti_patient(
-    image: np.ndarray, labels: np.ndarray, affine_ras: np.ndarray, patient_dir: str | Path
-) -> Path:
-    """Write one patient in the NIfTI layout (``image.nii.gz`` + ``label.nii.gz``).
-
-    The data arrays keep the project order (rows, cols, n_slices); the affine maps
-    (row, col, slice) to RAS mm and is stored as both qform and sform (scanner code).
-
-    Args:
-        image: int16 HU volume (rows, cols, n_slices).
-        labels: uint8 label map, same shape.
-        affine_ras: 4x4 RAS affine of the volume.
-        patient_dir: the patient folder (created).
-
-    Returns:
-        ``patient_dir``.
-
-    Raises:
-        ValueError: if the shapes differ, the dtypes are not int16 / uint8 or the affine is not 4x4.
-    """
-    import nibabel as nib
-
-    _check_volume_pair(image, labels)
-    affine = np.asarray(affine_ras, dtype=np.float64)
-    if affine.shape != (4, 4):
-        raise ValueError(f"`affine_ras` must be 4x4, got shape {affine.shape}.")
-    patient_dir = Path(patient_dir)
-    patient_dir.mkdir(parents=True, exist_ok=True)
-    for array, name in ((image, "image.nii.gz"), (labels, "label.nii.gz")):
-        nifti = nib.Nifti1Image(np.asarray(array), affine)
-        nifti.set_qform(affine, code=1)
-        nifti.set_sform(affine, code=1)
-        nifti.header.set_xyzt_units("mm")
-        nib.save(nifti, str(patient_dir / name))
-    return patient_dir
-
-
-def _check_volume_pair(image: np.ndarray, labels: np.ndarray) -> None:
-    if image.ndim != 3 or image.shape != labels.shape:
-        raise ValueError(
-            f"Image {image.shape} and labels {labels.shape} must be equal 3D shapes (rows, cols, n_slices)."
-        )
-    if image.dtype != np.int16 or labels.dtype != np.uint8:
-        raise ValueError(f"Expected an int16 image and uint8 labels, got {image.dtype} and {labels.dtype}.")
-
-
 def _hu_int16(volume: np.ndarray, series_uid: str) -> np.ndarray:
     rounded = np.rint(volume)
     info = np.iinfo(np.int16)
@@ -547,27 +442,7 @@ def _hu_int16(volume: np.ndarray, series_uid: str) -> np.ndarray:
         )
     return rounded.astype(np.int16)
 
-
 # --------------------------------------------------------------------------- conversion
-
-
-def _read_series_files(info: _CTInfo, input_dir: Path) -> CTSeries:
-    """Read one series from its files only (through a folder of links), keeping real paths in errors."""
-    from vacseg_monai.dicom.series import read_series
-
-    with tempfile.TemporaryDirectory(prefix="vacseg-series-") as tmp:
-        try:
-            for i, path in enumerate(info.files):
-                (Path(tmp) / f"{i:06d}.dcm").symlink_to(path.resolve())
-        except OSError:  # no symlinks here: read from the whole input folder instead
-            return read_series(input_dir, series_uid=info.uid)
-        try:
-            return read_series(tmp, series_uid=info.uid)
-        except ValueError as exc:
-            message = str(exc)
-            for i, path in enumerate(info.files):
-                message = message.replace(str(Path(tmp) / f"{i:06d}.dcm"), str(path))
-            raise type(exc)(message.replace(tmp, str(_common_folder(info.files)))) from exc
 
 
 def _assign_names(candidates: Sequence[_CTInfo]) -> dict[str, str]:
@@ -592,7 +467,7 @@ def _targets(output_dir: Path, fmt: OutputFormat, name: str) -> list[tuple[str, 
     return [(fmt.value, output_dir / name)]
 
 
-def _write_outputs(
+def _write_patient(
     image: np.ndarray, labels: np.ndarray, affine_ras: np.ndarray, targets: Sequence[tuple[str, Path]]
 ) -> None:
     """Write each target through a hidden partial folder renamed into place."""
@@ -612,18 +487,15 @@ def _write_outputs(
 def _convert_one(
     info: _CTInfo,
     rts: Sequence[_RTInfo],
-    input_dir: Path,
     name_map: Mapping[str, int | str | None] | None,
 ) -> tuple[ConversionRecord, list[ConversionRecord], tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
     """Convert one series: (record, records of superseded structure sets, arrays or None)."""
-    from vacseg_monai.dicom.rtstruct import read_rtstruct_contents
-
     base = ConversionRecord(
         status="skipped", patient_id=info.patient_id, series_instance_uid=info.uid,
         ct_folder=str(_common_folder(info.files)),
     )
     try:
-        series = _read_series_files(info, input_dir)
+        series = read_series_files(info.files, series_uid=info.uid)
     except Exception as exc:  # noqa: BLE001 - every reader failure is reported with its message
         base.reason, base.detail = SkipReason.UNREADABLE_SERIES.value, str(exc)
         base.rtstruct = str(rts[0].path)
@@ -669,6 +541,31 @@ def _convert_one(
     main = next((f for f in failures if f.reason != SkipReason.UNREADABLE_RTSTRUCT.value), failures[0])
     failures.remove(main)
     return main, failures, None
+
+
+def _structure_sets_by_series(
+    index: _Index, input_dir: Path
+) -> tuple[dict[str, list[_RTInfo]], list[ConversionRecord]]:
+    """The structure sets of each CT series, newest first, and a record for each that matches none."""
+    sop_to_series = {sop: uid for uid, ct in index.ct.items() for sop in ct.sop_uids}
+    by_series: dict[str, list[_RTInfo]] = {}
+    unmatched: list[ConversionRecord] = []
+    for rt in index.rtstructs:
+        uid, how = _match(rt, index, sop_to_series)
+        if uid is None:
+            referenced = rt.referenced_series or sorted(rt.frame_of_reference_uids)
+            unmatched.append(ConversionRecord(
+                status="skipped", reason=SkipReason.MISSING_SERIES.value, patient_id=rt.patient_id,
+                series_instance_uid=rt.referenced_series[0] if rt.referenced_series else "", rtstruct=str(rt.path),
+                detail=f"RTSTRUCT {rt.path} references CT series {referenced}, which is not in {input_dir}",
+            ))
+            continue
+        if how != "referenced series":
+            logger.warning("RTSTRUCT %s matched to CT series %s by its %s.", rt.path, uid, how)
+        by_series.setdefault(uid, []).append(rt)
+    for rts in by_series.values():
+        rts.sort(key=lambda rt: rt.when, reverse=True)
+    return by_series, unmatched
 
 
 def convert_exports(
@@ -725,23 +622,8 @@ def convert_exports(
                          ct_folder=str(path.parent))
         for path, message in index.unreadable
     ]
-    sop_to_series = {sop: uid for uid, ct in index.ct.items() for sop in ct.sop_uids}
-    by_series: dict[str, list[_RTInfo]] = {}
-    for rt in index.rtstructs:
-        uid, how = _match(rt, index, sop_to_series)
-        if uid is None:
-            referenced = rt.referenced_series or sorted(rt.frame_of_reference_uids)
-            skipped.append(ConversionRecord(
-                status="skipped", reason=SkipReason.MISSING_SERIES.value, patient_id=rt.patient_id,
-                series_instance_uid=rt.referenced_series[0] if rt.referenced_series else "", rtstruct=str(rt.path),
-                detail=f"RTSTRUCT {rt.path} references CT series {referenced}, which is not in {input_dir}",
-            ))
-            continue
-        if how != "referenced series":
-            logger.warning("RTSTRUCT %s matched to CT series %s by its %s.", rt.path, uid, how)
-        by_series.setdefault(uid, []).append(rt)
-    for rts in by_series.values():
-        rts.sort(key=lambda rt: rt.when, reverse=True)
+    by_series, unmatched = _structure_sets_by_series(index, input_dir)
+    skipped.extend(unmatched)
 
     names = _assign_names([index.ct[uid] for uid in by_series])
     existing = [
@@ -764,13 +646,13 @@ def convert_exports(
                 detail=f"no RT Structure Set in {input_dir} references this CT series ({len(info.files)} files)",
             ))
             continue
-        record, others, arrays = _convert_one(info, by_series[uid], input_dir, name_map)
+        record, others, arrays = _convert_one(info, by_series[uid], name_map)
         skipped.extend(others)
         if arrays is None:
             skipped.append(record)
             continue
         record.output = names[uid]
-        _write_outputs(*arrays, _targets(output_dir, fmt, names[uid]))
+        _write_patient(*arrays, _targets(output_dir, fmt, names[uid]))
         converted.append(record)
         logger.info("Converted series %s of patient %r to %s.", uid, info.patient_id, names[uid])
 
@@ -781,159 +663,3 @@ def convert_exports(
     json_path, _ = report.save(output_dir)
     logger.info("%d series converted, %d items skipped; report in %s.", len(converted), len(skipped), json_path)
     return report
-
-
-# --------------------------------------------------------------------------- label map -> DICOM
-
-
-def load_label_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI label map and check its values against the label table.
-
-    Args:
-        path: ``.nii`` or ``.nii.gz`` file; 3D, or 4D+ with trailing dimensions of size 1.
-
-    Returns:
-        (uint8 label array in the file's index order, 4x4 RAS affine of the file).
-
-    Raises:
-        ValueError: if the file cannot be read, is not 3D, holds non-integer values or
-            values that are not label numbers.
-    """
-    import nibabel as nib
-
-    path = Path(path)
-    try:
-        image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj)
-    except Exception as exc:  # nibabel raises several unrelated types
-        raise ValueError(f"Cannot read NIfTI label map {path}: {exc}.") from exc
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ValueError(f"NIfTI label map {path} has shape {data.shape}; expected a 3D volume.")
-    data = checked_label_map(data, f"NIfTI label map {path}")
-    return data.astype(np.uint8), np.asarray(image.affine, dtype=np.float64)
-
-
-def resample_label_map(
-    labels: np.ndarray,
-    labels_affine_ras: np.ndarray,
-    target_shape: Sequence[int],
-    target_affine_ras: np.ndarray,
-) -> tuple[np.ndarray, float]:
-    """Nearest-neighbour resampling of a label map onto another grid.
-
-    Each target voxel index goes through ``target_affine_ras`` to RAS mm and through
-    the inverse of ``labels_affine_ras`` to a (rounded) source index; target voxels
-    whose source index lies outside ``labels`` become 0.
-
-    Args:
-        labels: source label map (any 3D index order).
-        labels_affine_ras: 4x4 affine of ``labels`` (index -> RAS mm).
-        target_shape: (rows, cols, n_slices) of the target grid.
-        target_affine_ras: 4x4 affine of the target grid (index -> RAS mm).
-
-    Returns:
-        (label map of ``target_shape`` in the dtype of ``labels``, fraction of target
-        voxels that fell inside the source).
-
-    Raises:
-        ValueError: if an affine is not an invertible 4x4 matrix or ``labels`` is not 3D.
-    """
-    src = np.asarray(labels)
-    if src.ndim != 3:
-        raise ValueError(f"`labels` must be 3D, got shape {src.shape}.")
-    source_affine = np.asarray(labels_affine_ras, dtype=np.float64)
-    target_affine = np.asarray(target_affine_ras, dtype=np.float64)
-    for name, affine in (("labels_affine_ras", source_affine), ("target_affine_ras", target_affine)):
-        if affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-            raise ValueError(f"`{name}` must be an invertible 4x4 affine, got\n{affine}.")
-    rows, cols, n_slices = (int(s) for s in target_shape)
-    # target index -> source index in one matrix
-    transform = np.linalg.inv(source_affine) @ target_affine
-    out = np.zeros((rows, cols, n_slices), dtype=src.dtype)
-    base = (
-        np.arange(rows, dtype=np.float64)[:, None, None] * transform[:3, 0]
-        + np.arange(cols, dtype=np.float64)[None, :, None] * transform[:3, 1]
-        + transform[:3, 3]
-    )
-    limits = np.asarray(src.shape)
-    inside_total = 0
-    for k in range(n_slices):
-        index = np.floor(base + k * transform[:3, 2] + 0.5).astype(np.int64)  # (rows, cols, 3)
-        inside = np.all((index >= 0) & (index < limits), axis=-1)
-        if not inside.any():
-            continue
-        inside_total += int(inside.sum())
-        picked = index[inside]
-        out[:, :, k][inside] = src[picked[:, 0], picked[:, 1], picked[:, 2]]
-    return out, inside_total / float(max(rows * cols * n_slices, 1))
-
-
-def write_label_map_dicom(
-    series_dir: str | Path,
-    labels_path: str | Path,
-    out_dir: str | Path,
-    *,
-    fmt: str | OutputKind = OutputKind.RTSTRUCT,
-    root_uid: str | None = None,
-    series_uid: str | None = None,
-) -> list[Path]:
-    """Write a NIfTI label map as an RT Structure Set and/or DICOM-SEG of a CT series.
-
-    The label map (any affine) is resampled onto the CT grid with
-    :func:`resample_label_map`; a warning is logged when it does not cover the whole
-    series (the uncovered voxels become background).
-
-    Args:
-        series_dir: folder with the CT series.
-        labels_path: NIfTI label map (values from the label table).
-        out_dir: output folder (created); files are ``RS.<SOPInstanceUID>.dcm`` and
-            ``SEG_<SOPInstanceUID>.dcm``.
-        fmt: ``"rtstruct"`` (default), ``"seg"`` or ``"both"``.
-        root_uid: UID root for the new objects (default: the writers' default root).
-        series_uid: SeriesInstanceUID to read when ``series_dir`` holds several CT series.
-
-    Returns:
-        the written files.
-
-    Raises:
-        ValueError: for a bad label map (see :func:`load_label_nifti`), one that does not
-            overlap the series at all, an unknown ``fmt``, or an unreadable series
-            (:class:`~vacseg_monai.dicom.errors.DicomSeriesError`).
-    """
-    from vacseg_monai.dicom.rtstruct import write_rtstruct
-    from vacseg_monai.dicom.seg import write_seg
-    from vacseg_monai.dicom.series import read_series
-
-    try:
-        fmt = OutputKind(getattr(fmt, "value", fmt))
-    except ValueError:
-        raise ValueError(f"`fmt` must be one of {[f.value for f in OutputKind]}, got {fmt!r}.") from None
-    labels, affine = load_label_nifti(labels_path)
-    series = read_series(series_dir, series_uid=series_uid)
-    resampled, covered = resample_label_map(labels, affine, series.shape, series.affine_ras)
-    if covered == 0:
-        raise ValueError(
-            f"NIfTI label map {labels_path} does not overlap CT series {series.series_instance_uid} at all; "
-            "check that its affine is in RAS (NIfTI) and belongs to this patient."
-        )
-    if covered < 1.0:
-        logger.warning(
-            "NIfTI label map %s covers only %.1f %% of CT series %s; the voxels outside it are set to background.",
-            labels_path, 100.0 * covered, series.series_instance_uid,
-        )
-    kwargs = {} if root_uid is None else {"root_uid": root_uid}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    if fmt.rtstruct:
-        ds = write_rtstruct(resampled, series, None, **kwargs)
-        path = out / f"RS.{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        written.append(path)
-    if fmt.seg:
-        seg = write_seg(resampled, series, out, **kwargs)
-        written.append(out / f"SEG_{seg.SOPInstanceUID}.dcm")
-    logger.info("Wrote %s for series %s: %s", fmt.value, series.series_instance_uid, [str(p) for p in written])
-    return written
