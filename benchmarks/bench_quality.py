@@ -4,13 +4,14 @@ Cases with known truth, each segmented by the bundle's inference components
 (:class:`vacseg_monai.segmenter.BundleSegmenter`, which also scores each structure with
 :mod:`vacseg_monai.quality` and the thresholds of the bundle's ``quality`` block):
 
-- **good**: held-out phantoms (seeds 1000.., outside the training seeds), centre-cropped to at
-  most ``--max-slices`` slices;
+- **good**: held-out phantoms (seeds 1000.., outside the training seeds; generator version 1, the
+  scenes the shipped model was trained on), centre-cropped to at most ``--max-slices`` slices;
 - **corrupted** copies of each (:data:`CORRUPTIONS`): noise x3, metal streaks, FOV truncation,
   a wrong rescale (+1024 HU), slices flipped up-down, slices transposed. The truth is the
   phantom's own label map (flipped or transposed with the image; for the FOV truncation the
   whole patient and set-up, which are there even where the scanner did not reconstruct them);
-- **bag-free** phantoms, where the phantom generator can make them (a ``version`` argument);
+- **bag-free** phantoms of generator version 2 (half as many as the good ones, the first bag-free
+  seeds from 2000 on): the Vacbag's truth is "absent";
 - **real CT** from :mod:`vacseg_monai.public_data` (fetched into its cache at run time): none has
   a vacuum bag, so the Vacbag's truth is "absent"; the Body is compared with the reference body
   of :func:`vacseg_monai.realct.reference_body`; the Couch has no truth and is left out.
@@ -309,8 +310,9 @@ def phantom_cases(segmenter: BundleSegmenter, seeds: Sequence[int], size: int, m
                   ) -> list[dict[str, Any]]:
     """Each held-out phantom as it is and under each of :data:`CORRUPTIONS`."""
     rows = []
+    version = {"version": 1} if _versioned() else {}  # the scenes the shipped model was trained on
     for seed in seeds:
-        hu, truth, spacing, noise_sd = _phantom(seed, size, max_slices)
+        hu, truth, spacing, noise_sd = _phantom(seed, size, max_slices, **version)
         rng = np.random.default_rng(seed)
         rows.append(_score_case(segmenter, _volume_input(hu, spacing, f"phantom_{seed}"), _all_truths(truth), spacing,
                                 f"phantom {seed}", "good"))
@@ -323,23 +325,32 @@ def phantom_cases(segmenter: BundleSegmenter, seeds: Sequence[int], size: int, m
     return rows
 
 
-def bag_free_cases(segmenter: BundleSegmenter, seeds: Sequence[int], size: int, max_slices: int
-                   ) -> tuple[list[dict[str, Any]], str | None]:
-    """Bag-free phantoms (generator version 2), or none with the reason when the generator cannot make them."""
+def _versioned() -> bool:
+    """True if the phantom generator takes a ``version`` (1: the shipped model's training scenes; 2: more varied)."""
     from vacseg_monai.phantom import generate_phantom
 
-    if "version" not in inspect.signature(generate_phantom).parameters:
+    return "version" in inspect.signature(generate_phantom).parameters
+
+
+def bag_free_cases(segmenter: BundleSegmenter, count: int, size: int, max_slices: int, first_seed: int = 2000,
+                   tries: int = 40) -> tuple[list[dict[str, Any]], str | None]:
+    """``count`` bag-free phantoms (generator version 2, seeds from ``first_seed`` on), or none with the reason."""
+    from vacseg_monai.phantom import generate_phantom
+
+    if not _versioned():
         return [], "the phantom generator has no `version` argument yet (no bag-free phantoms): case left out"
     rows = []
-    for seed in seeds:
-        hu, truth, spacing, _ = _phantom(seed, size, max_slices, version=2)
-        if (truth == _label("Vacbag")).any():
+    for seed in range(first_seed, first_seed + tries):
+        if len(rows) == count:
+            break
+        if generate_phantom(seed, size=64, version=2).has_bag:  # the scene does not depend on the size
             continue
+        hu, truth, spacing, _ = _phantom(seed, size, max_slices, version=2)
         truths = _all_truths(truth)
         truths["Vacbag"] = None
         rows.append(_score_case(segmenter, _volume_input(hu, spacing, f"phantom_v2_{seed}"), truths, spacing,
-                                f"bag-free phantom {seed}", "bag-free"))
-    return rows, None if rows else f"no bag-free phantom among v2 seeds {list(seeds)}"
+                                f"bag-free v2 phantom {seed}", "bag-free"))
+    return rows, None if rows else f"no bag-free phantom among v2 seeds {first_seed}-{first_seed + tries - 1}"
 
 
 def real_cases(segmenter: BundleSegmenter, keys: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -426,7 +437,7 @@ def run(phantoms: int = 4, max_slices: int = 64, size: int = 512, bundle: Path |
     threshold = segmenter.quality_config.threshold if segmenter.quality_config else None
     seeds = list(range(1000, 1000 + phantoms))
     cases = phantom_cases(segmenter, seeds, size, max_slices)
-    bag_free, bag_note = bag_free_cases(segmenter, list(range(2000, 2000 + max(1, phantoms // 2))), size, max_slices)
+    bag_free, bag_note = bag_free_cases(segmenter, max(1, phantoms // 2), size, max_slices)
     cases += bag_free
     notes = [bag_note] if bag_note else []
     if real_ct:
