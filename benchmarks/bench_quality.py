@@ -43,7 +43,7 @@ import numpy as np
 from benchmarks.common import REPO_ROOT, emit, machine_info, table
 
 if TYPE_CHECKING:
-    from vacseg_monai.inference import InferenceInput
+    from vacseg_monai.inputs import InferenceInput
     from vacseg_monai.segmenter import BundleSegmenter
 
 __all__ = [
@@ -259,7 +259,7 @@ def _volume_input(hu: np.ndarray, spacing: Sequence[float], name: str) -> Infere
     from monai.data import MetaTensor
 
     from vacseg_monai.dicom.geometry import affine_lps, lps_to_ras
-    from vacseg_monai.inference import InferenceInput, InputKind
+    from vacseg_monai.inputs import InferenceInput, InputKind
 
     affine = torch.as_tensor(lps_to_ras(affine_lps((1.0, 0.0, 0.0, 0.0, 1.0, 0.0), [float(s) for s in spacing[:2]],
                                                    float(spacing[2]), (0.0, 0.0, 0.0))))
