@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import real_ct_check
+from benchmarks import bench_quality, real_ct_check
 from benchmarks.common import PYTHON, REPO_ROOT, RESULTS_DIR, machine_info
 
 __all__ = ["BENCHMARKS", "main", "render_charts", "render_report", "run_benchmark"]
@@ -41,13 +41,15 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "memory": ("benchmarks.bench_memory", [], ["--slices", "100", "--instances", "200", "--large-size", "2048"]),
     "rtstruct": ("benchmarks.bench_rtstruct", ["--repeats", "5"], ["--repeats", "1"]),
     "real_ct": ("benchmarks.real_ct_check", [], []),
+    "quality": ("benchmarks.bench_quality", [], ["--phantoms", "1", "--max-slices", "32"]),
 }
 
 
 def run_benchmark(name: str, quick: bool, results: Path, timeout: float = 1200.0, docs: Path = DOCS) -> dict[str, Any]:
     """Run one benchmark module as ``python -m``; return its JSON (also written to ``results/<name>.json``).
 
-    The real CT check writes its pictures into ``docs`` (default ``docs/``), beside the report.
+    The real CT check writes its pictures and the quality benchmark its ROC plot into ``docs`` (default
+    ``docs/``), beside the report.
 
     Raises:
         RuntimeError: if it fails or prints no JSON.
@@ -59,6 +61,8 @@ def run_benchmark(name: str, quick: bool, results: Path, timeout: float = 1200.0
         cmd += ["--out", str(out)]
     if name == "real_ct":
         cmd += ["--pictures", str(docs)]
+    if name == "quality":
+        cmd += ["--plot", str(docs / "quality_roc.png")]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
     elapsed = time.perf_counter() - start
@@ -475,6 +479,12 @@ def render_report(data: dict[str, dict[str, Any]], machine: dict[str, Any], comm
     if "real_ct" in data:
         out += real_ct_check.render_section(data["real_ct"])
         idea = real_ct_check.failure_summary(data["real_ct"])
+        if idea:
+            ideas.append(idea)
+
+    if "quality" in data:
+        out += bench_quality.render_section(data["quality"])
+        idea = bench_quality.failure_summary(data["quality"])
         if idea:
             ideas.append(idea)
 

@@ -71,11 +71,43 @@ def test_wrong_rescale_flags_every_structure_with_the_reason():
     assert "Vacbag mean 174 HU is outside -1000 to -450 HU (not bead foam)" in report.structures["Vacbag"].reasons
 
 
-def test_couch_above_body_and_body_cut_by_the_field_of_view():
+def test_couch_above_or_beside_the_body_flags_every_structure():
     labels, hu = _case()
     flipped_labels, flipped_hu = labels[::-1].copy(), hu[::-1].copy()
     report = assess_quality(_confident_logits(flipped_labels), flipped_labels, flipped_hu, SPACING)
-    assert report.structures["Couch"].reasons == ["the Couch lies above the body on slices 1-8"]
+    above = "the Couch lies above the body on slices 1-8: is the image flipped?"
+    # The network's trained orientation is broken: every structure is in doubt, not the couch alone.
+    assert sorted(report.flagged) == ["Body", "Couch", "Vacbag"]
+    assert report.structures["Couch"].reasons == [above]
+    assert above in report.structures["Body"].reasons and above in report.structures["Vacbag"].reasons
+    turned_labels, turned_hu = labels.transpose(1, 0, 2).copy(), hu.transpose(1, 0, 2).copy()
+    report = assess_quality(_confident_logits(turned_labels), turned_labels, turned_hu, SPACING)
+    assert sorted(report.flagged) == ["Body", "Couch", "Vacbag"]
+    assert report.structures["Couch"].reasons == ["the Couch lies beside the body on slices 1-8: is the image turned?"]
+
+
+def test_a_couch_narrower_than_the_body_flags_every_structure():
+    labels, hu = _case()
+    labels[(labels == 2) & (np.arange(256)[None, :, None] % 256 > 100)] = 0  # couch 70 columns, body 141
+    report = assess_quality(_confident_logits(labels), labels, hu, SPACING)
+    assert sorted(report.flagged) == ["Body", "Couch", "Vacbag"]
+    assert report.structures["Couch"].reasons == [
+        "the Couch is narrower than 0.75 x the body on slices 1-8: is the image turned, or is it no couch?"]
+    assert assess_quality(_confident_logits(labels), labels, hu, SPACING,
+                          QualityConfig(couch_body_width_ratio=0.4)).flagged == []
+
+
+def test_no_couch_flags_every_structure():
+    labels, hu = _case()
+    labels[labels == 2] = 0
+    report = assess_quality(_confident_logits(labels), labels, hu, SPACING)
+    assert sorted(report.flagged) == ["Body", "Couch", "Vacbag"]
+    assert report.structures["Body"].reasons == [
+        "no Couch was found (a planning CT has one under the patient): is this the right input?"]
+
+
+def test_body_cut_by_the_field_of_view_flags_what_lies_around_it():
+    labels, hu = _case()
     cut_labels, cut_hu = labels.copy(), hu.copy()
     cut_hu[:, :90, 6:] = -3024.0  # padding outside the reconstruction circle reaches into the body
     cut_labels[:, :90, 6:] = 0
@@ -83,6 +115,20 @@ def test_couch_above_body_and_body_cut_by_the_field_of_view():
     body = report.structures["Body"]
     assert body.flagged and body.flagged_slices == [6, 7]
     assert body.reasons == ["the body is cut by the edge of the field of view on slices 7-8"]
+    assert report.structures["Couch"].reasons == [
+        "the field of view cuts the body on slices 7-8: what lies around it is likely cut too"]
+    assert sorted(report.flagged) == ["Body", "Couch", "Vacbag"]
+
+
+def test_a_structure_not_drawn_is_not_judged_by_leftover_uncertainty():
+    labels, hu = _case()
+    labels[labels == 1] = 0  # no Vacbag in the final label map ...
+    logits = _confident_logits(labels)
+    logits[1, 100:104, 10:14, :] = 10.0  # ... but a few Vacbag pixels tied with background in the logits
+    report = assess_quality(logits, labels, hu, SPACING)
+    bag = report.structures["Vacbag"]
+    assert bag.uncertain_fraction == pytest.approx(1.0) and bag.volume_cm3 == 0.0
+    assert (bag.score, bag.flagged, bag.reasons) == (1.0, False, [])
 
 
 def test_vacbag_far_from_the_body_is_flagged():
@@ -109,6 +155,8 @@ def test_config_is_checked():
         QualityConfig.from_mapping({"treshold": 0.4})
     with pytest.raises(ValueError, match=r"`threshold` must be in \(0, 1\], got 1.5"):
         QualityConfig(threshold=1.5)
+    with pytest.raises(ValueError, match=r"`min_structure_cm3` must be >= 0, got -1"):
+        QualityConfig(min_structure_cm3=-1)
     with pytest.raises(ValueError, match=r"`vacbag_hu` must be a \(low, high\) range"):
         QualityConfig.from_mapping({"vacbag_hu": [-400, -900]})
     assert QualityConfig.from_mapping({"vacbag_hu": [-990, -500]}).vacbag_hu == (-990, -500)

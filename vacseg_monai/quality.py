@@ -7,8 +7,10 @@ signals that cost a small share of the network's time:
   is the runner-up) whose top-2 probability margin is below ``margin``, on the network's low-resolution grid,
   per structure and per slice;
 * **plausibility** of the label map against what a planning CT of an animal on a couch looks like: the Vacbag's
-  mean HU, the Vacbag lying against the body, the couch below the body, the body not cut by the edge of the
-  field of view;
+  mean HU, the Vacbag lying against the body, the body not cut by the edge of the field of view, and a couch
+  found below the body and at least about as wide. The last two concern every structure: a field of view that
+  cuts the body cuts what lies around it, and a couch missing, above, beside or narrower than the body means
+  an image turned from the trained orientation (or no planning CT at all), where no contour is to be trusted;
 * **the input** against what the model was trained on: pixel spacing, slice spacing, field of view, and the HU
   of air (a wrong rescale moves it far from -1000).
 
@@ -63,6 +65,10 @@ class QualityConfig:
         slice_spacing_mm: trained range of the slice spacing. Defaults to (0.4, 6.0).
         fov_mm: trained range of the field of view's width. Defaults to (150, 650).
         air_hu: range of the HU of air (5th percentile inside the reconstruction circle). Defaults to (-1100, -850).
+        min_structure_cm3: a structure drawn smaller than this is not judged by its uncertainty (what the
+            clean-up removed leaves a few uncertain pixels behind). Defaults to 1.
+        couch_body_width_ratio: a Couch narrower than this times the body's width on most slices fails (the
+            image is turned, or what was drawn is no couch). Defaults to 0.75.
     """
 
     threshold: float = 0.5
@@ -77,6 +83,8 @@ class QualityConfig:
     slice_spacing_mm: tuple[float, float] = (0.4, 6.0)
     fov_mm: tuple[float, float] = (150.0, 650.0)
     air_hu: tuple[float, float] = (-1100.0, -850.0)
+    min_structure_cm3: float = 1.0
+    couch_body_width_ratio: float = 0.75
 
     def __post_init__(self) -> None:
         for name in ("threshold", "margin", "max_uncertain_fraction", "slice_uncertain_fraction",
@@ -88,6 +96,10 @@ class QualityConfig:
             low, high = getattr(self, name)
             if not low < high:
                 raise ValueError(f"`{name}` must be a (low, high) range with low < high, got {(low, high)}.")
+        if self.couch_body_width_ratio < 0:
+            raise ValueError(f"`couch_body_width_ratio` must be >= 0, got {self.couch_body_width_ratio}.")
+        if self.min_structure_cm3 < 0:
+            raise ValueError(f"`min_structure_cm3` must be >= 0, got {self.min_structure_cm3}.")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> QualityConfig:
@@ -258,18 +270,47 @@ def _vacbag_checks(labels: np.ndarray, hu: np.ndarray, spacing: Sequence[float],
     return reasons
 
 
-def _couch_checks(labels: np.ndarray) -> list[str]:
+def _couch_checks(labels: np.ndarray, min_width_ratio: float) -> list[str]:
+    """Where the Couch is: missing, not below the body, or narrower than ``min_width_ratio`` x the body on most
+    slices (the image flipped or transposed; a couch carries the whole animal, so it is about as wide or wider).
+
+    These reasons concern every structure: a network trained on the couch below the patient is not to be
+    trusted on an image turned another way.
+    """
     couch = labels == label_by_name("Couch").value
     body = labels == label_by_name("Body").value
+    if not couch.any():
+        return ["no Couch was found (a planning CT has one under the patient): is this the right input?"]
     both = couch.any(axis=(0, 1)) & body.any(axis=(0, 1))
     if not both.any():
         return []
     rows = np.arange(labels.shape[0], dtype=np.float64)[:, None]
-    couch_rows = (couch[..., both].sum(axis=1) * rows).sum(axis=0) / couch[..., both].sum(axis=(0, 1))
-    body_rows = (body[..., both].sum(axis=1) * rows).sum(axis=0) / body[..., both].sum(axis=(0, 1))
-    above = np.flatnonzero(both)[couch_rows < body_rows]
-    if above.size > 0.5 * both.sum():
-        return [f"the Couch lies above the body on slices {slice_ranges(above, one_based=True)}"]
+    cols = np.arange(labels.shape[1], dtype=np.float64)[None, :]
+
+    def centre(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        count = mask.sum(axis=(0, 1))
+        return (mask.sum(axis=1) * rows).sum(axis=0) / count, (mask.sum(axis=0) * cols.T).sum(axis=0) / count
+
+    def width(mask: np.ndarray) -> np.ndarray:
+        spans = mask.any(axis=0)
+        first, last = spans.argmax(axis=0), spans.shape[0] - 1 - spans[::-1].argmax(axis=0)
+        return (last - first + 1).astype(np.float64)
+
+    (couch_r, couch_c), (body_r, body_c) = centre(couch[..., both]), centre(body[..., both])
+    down, across = couch_r - body_r, np.abs(couch_c - body_c)
+    indices = np.flatnonzero(both)
+    above, beside = indices[down < 0], indices[(down >= 0) & (across > down)]
+    narrow = indices[width(couch[..., both]) < min_width_ratio * width(body[..., both])]
+    n = both.sum()
+    if above.size > 0.5 * n:
+        return [f"the Couch lies above the body on slices {slice_ranges(above, one_based=True)}: "
+                "is the image flipped?"]
+    if above.size + beside.size > 0.5 * n:
+        return [f"the Couch lies beside the body on slices {slice_ranges(np.r_[above, beside], one_based=True)}: "
+                "is the image turned?"]
+    if narrow.size > 0.5 * n:
+        return [f"the Couch is narrower than {min_width_ratio:g} x the body on slices "
+                f"{slice_ranges(narrow, one_based=True)}: is the image turned, or is it no couch?"]
     return []
 
 
@@ -320,15 +361,22 @@ def assess_quality(
     first, second, uncertain = _uncertainty(logits, config.margin)
     small_labels, small_hu, small_spacing = _coarse(labels, hu, spacing)
     input_reasons = _input_reasons(small_hu, labels.shape[1], spacing, config)
+    body_reasons, body_slices = _body_checks(small_labels, small_hu)
+    setup = _couch_checks(small_labels, config.couch_body_width_ratio)
+    if body_slices:
+        setup.append(f"the field of view cuts the body on slices {slice_ranges(body_slices, one_based=True)}: "
+                     "what lies around it is likely cut too")
     checks = {
         "Vacbag": (_vacbag_checks(small_labels, small_hu, small_spacing, config), []),
-        "Couch": (_couch_checks(small_labels), []),
-        "Body": _body_checks(small_labels, small_hu),
+        "Body": (body_reasons, body_slices),
     }
     voxel_cm3 = float(np.prod(np.asarray(spacing, float))) / 1000.0
     structures = {}
     for label in LABELS:
+        volume_cm3 = np.count_nonzero(labels == label.value) * voxel_cm3
         score, fraction, slices = _uncertainty_signal(label.value, first, second, uncertain, config)
+        if volume_cm3 < config.min_structure_cm3:  # not drawn: a few uncertain pixels left by the clean-up
+            score, slices = 1.0, []
         reasons = []
         if slices:
             reasons.append(f"{fraction:.0%} of its voxels are uncertain; most on slices "
@@ -336,6 +384,7 @@ def assess_quality(
         elif score < 1.0 and score < config.threshold:
             reasons.append(f"{fraction:.0%} of its voxels are uncertain")
         failed, check_slices = checks.get(label.name, ([], []))
+        failed = failed + [r for r in setup if label.name != "Body" or "field of view" not in r]
         if failed or input_reasons:
             score = min(score, FAILED_CHECK_SCORE)
         reasons += failed + [f"input: {r}" for r in input_reasons]
@@ -345,7 +394,7 @@ def assess_quality(
             flagged=score < config.threshold,
             reasons=reasons,
             flagged_slices=sorted(set(slices) | set(check_slices)),
-            volume_cm3=round(np.count_nonzero(labels == label.value) * voxel_cm3, 3),
+            volume_cm3=round(volume_cm3, 3),
             uncertain_fraction=round(fraction, 4),
         )
     report = QualityReport(structures=structures, input_reasons=input_reasons, threshold=config.threshold)
