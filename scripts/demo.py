@@ -19,6 +19,8 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-od", "--output-dir", type=Path, default=Path("demo_output"),
                         help="folder for the input series, node jobs and results (default demo_output)")
     parser.add_argument("--seed", type=int, default=1000, help="phantom seed (default 1000, not a training seed)")
+    parser.add_argument("--phantom-version", type=int, default=1, choices=(1, 2),
+                        help="phantom generator (default 1, the world the shipped model was trained on)")
     parser.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the repository's)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the result (default 600)")
     verbosity = parser.add_mutually_exclusive_group()
@@ -33,7 +35,8 @@ def main(args: list[str] | None = None) -> int:
     ns = _setup_argparser(args)
     level = "WARNING" if ns.quiet else "DEBUG" if ns.verbose else "INFO"
     setup_logging(level, third_party=ns.verbose)
-    result = run_demo(ns.output_dir, seed=ns.seed, bundle=ns.bundle, timeout=ns.timeout, log_level=level)
+    result = run_demo(ns.output_dir, seed=ns.seed, bundle=ns.bundle, timeout=ns.timeout, log_level=level,
+                      phantom_version=ns.phantom_version)
     print(result.summary())
     print(f"Demo done: the RT Structure Set the node sent back is {result.rtstruct}")
     return 0

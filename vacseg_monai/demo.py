@@ -73,6 +73,7 @@ def run_demo(
     timeout: float = 600.0,
     size: int = 512,
     log_level: str = "INFO",
+    phantom_version: int = 1,
 ) -> DemoResult:
     """Run the round trip; see the module docstring.
 
@@ -85,6 +86,8 @@ def run_demo(
         timeout: seconds to wait for the result (default 600).
         size: rows and columns of the phantom (default 512).
         log_level: the node worker's logging level (default "INFO").
+        phantom_version: phantom generator version (default 1, the world the shipped model was trained on;
+            see the bundle's training record).
 
     Raises:
         TimeoutError: if the RTSTRUCT does not arrive in time (the node's job status says why).
@@ -108,7 +111,7 @@ def run_demo(
 
     for previous in DEMO_FOLDERS:
         shutil.rmtree(output_dir / previous, ignore_errors=True)
-    phantom = generate_phantom(seed, size=size)
+    phantom = generate_phantom(seed, size=size, version=phantom_version)
     written = write_phantom_dicom(phantom, output_dir / "input")
     logger.info("Wrote phantom %s as %d CT images to %s", phantom.patient_id, len(written.ct_files), written.ct_dir)
 

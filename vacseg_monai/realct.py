@@ -23,7 +23,7 @@ How the reference body is built (:func:`reference_body`), and where it can be wr
    thin bridges by which the body touches the couch. Body parts thinner than 12 mm (ears,
    paws, a tail, skin folds) go too, and the body's sharp corners are rounded to the disk.
 3. **Largest 3D component** (face connectivity), and every other component holding at least a
-   tenth of its voxels (:data:`REFERENCE_PART_SHARE`: an arm or a leg lying apart from the trunk in
+   fiftieth of its voxels (:data:`REFERENCE_PART_SHARE`: an arm or a leg lying apart from the trunk in
    the scan): the body; the couch's thick parts, a headrest or a cable that stay after the opening
    are small separate components and are dropped.
    A couch whose dense part is thicker than 12 mm *and* touches the body over a wide area
@@ -114,8 +114,9 @@ def _disk(radius_rows: float, radius_cols: float) -> np.ndarray:
     return (yy / max(radius_rows, 1e-6)) ** 2 + (xx / max(radius_cols, 1e-6)) ** 2 <= 1.0
 
 
-#: A component of the thresholded, opened CT is body when it holds at least this share of the largest one.
-REFERENCE_PART_SHARE = 0.1
+#: A component of the thresholded, opened CT is body when it holds at least this share of the largest one
+#: (arms and legs lying apart in a scan hold a few per cent of the trunk; blankets and pads break up smaller).
+REFERENCE_PART_SHARE = 0.02
 
 
 def reference_body(
@@ -155,7 +156,7 @@ def reference_body(
         return opened
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
-    # The trunk, and any part as large as a tenth of it (an arm or a leg lying apart in the scan).
+    # The trunk, and any part as large as a fiftieth of it (an arm or a leg lying apart in the scan).
     keep = np.flatnonzero(sizes >= REFERENCE_PART_SHARE * sizes.max())
     body = np.isin(components, keep)
     for k in range(body.shape[2]):
