@@ -32,7 +32,7 @@ def _script(name: str):
 
 def bag_middle_phantom(seed: int, size: int, n_slices: int) -> Phantom:
     """A phantom cut to ``n_slices`` slices centred on the middle of the vacuum bag."""
-    phantom = generate_phantom(seed, size=size)
+    phantom = generate_phantom(seed, size=size, version=1)  # every v1 patient has a bag
     start, stop = phantom.bag_slices
     first = int(np.clip((start + stop) // 2 - n_slices // 2, 0, phantom.n_slices - n_slices))
     cut = slice(first, first + n_slices)
