@@ -22,9 +22,9 @@ import pytest
 import torch
 from monai.networks.nets import UNet
 
+from conftest import BUNDLE
 from vacseg_monai.labels import BACKGROUND, LABELS, num_classes
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "vacbag_ct_segmentation"
 CONFIGS = BUNDLE / "configs"
 META = CONFIGS / "metadata.json"
 TRAIN = CONFIGS / "train.json"

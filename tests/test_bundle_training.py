@@ -21,10 +21,10 @@ import torch
 from monai.bundle import ConfigParser
 from monai.networks.nets import UNet
 
+from conftest import BUNDLE
 from vacseg_monai.labels import BACKGROUND, LABELS, num_classes
 from vacseg_monai.training import FocalTverskyLoss, make_loss
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "vacbag_ct_segmentation"
 CONFIGS = BUNDLE / "configs"
 RUN_TIMEOUT_S = 240
 SIZE = 64

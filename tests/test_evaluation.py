@@ -11,13 +11,13 @@ import csv
 import importlib.util
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from monai.networks.nets import UNet
 
+from conftest import BUNDLE, REPO, dice
 from vacseg_monai.evaluation import (
     DOCS_BEGIN,
     DOCS_END,
@@ -32,8 +32,6 @@ from vacseg_monai.evaluation import (
 from vacseg_monai.labels import LABELS, label_by_name, num_classes
 from vacseg_monai.phantom import generate_phantom, write_npy_layout
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "vacbag_ct_segmentation"
 SIZE = 64
 TINY = ["--override", "channels=[4,8,16]", "--override", f"spatial_size={SIZE}", "--override",
         "device=$torch.device('cpu')"]  # fmt: skip
@@ -46,9 +44,6 @@ def _script():
     spec.loader.exec_module(module)
     return module
 
-
-def _numpy_dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
 # ------------------------------------------------------------------ metrics on known volumes
@@ -67,7 +62,7 @@ def test_label_metrics_known_values():
     assert list(rows) == [lb.name for lb in LABELS]
 
     bag = rows["Vacbag"]
-    assert bag.dice == pytest.approx(_numpy_dice(pred == VACBAG, truth == VACBAG)) == pytest.approx(0.8)
+    assert bag.dice == pytest.approx(dice(pred == VACBAG, truth == VACBAG)) == pytest.approx(0.8)
     assert bag.precision == pytest.approx(0.8) and bag.sensitivity == pytest.approx(0.8)
     assert bag.truth_voxels == bag.pred_voxels == 1000
     # the surfaces are 2 rows x 1.5 mm = 3 mm apart at the shifted faces
@@ -185,7 +180,7 @@ def test_script_writes_csv_table_and_docs(tiny_bundle):
         assert r.truth_voxels == np.count_nonzero(t) > 0
         assert r.pred_voxels == np.count_nonzero(p)
         if r.pred_voxels:
-            assert r.dice == pytest.approx(_numpy_dice(p, t), abs=1e-6)
+            assert r.dice == pytest.approx(dice(p, t), abs=1e-6)
             assert r.precision == pytest.approx(np.count_nonzero(p & t) / np.count_nonzero(p))
         else:
             assert r.dice == 0.0

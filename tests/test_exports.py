@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from conftest import dice
 from vacseg_monai.datasets import Layout, discover_patients, load_nifti_volume
 from vacseg_monai.dicom.errors import MissingSliceError, NoSeriesError
 from vacseg_monai.dicom.exports import (
@@ -54,10 +55,6 @@ def cropped_phantom(seed: int, size: int, n_slices: int, *, where: str = "bag en
         phantom, image=phantom.image[:, :, cut], labels=phantom.labels[:, :, cut], tissues=phantom.tissues[:, :, cut]
     )
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def scatter(files, input_dir: Path, rng: np.random.Generator) -> list[Path]:

@@ -20,14 +20,13 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from conftest import BUNDLE, REPO
 from vacseg_monai.dicom.series import read_series
 from vacseg_monai.dicom.synthetic import write_ct_series
 from vacseg_monai.inputs import InputKind
 from vacseg_monai.labels import BACKGROUND, LABELS, label_by_name
 from vacseg_monai.phantom import generate_phantom, write_npy_layout
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "vacbag_ct_segmentation"
 INFERENCE_JSON = BUNDLE / "configs" / "inference.json"
 TRAIN_JSON = BUNDLE / "configs" / "train.json"
 METADATA_JSON = BUNDLE / "configs" / "metadata.json"

@@ -13,6 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from conftest import dice
 from vacseg_monai.dicom.labelmap import load_label_nifti, resample_label_map, write_label_map_dicom
 from vacseg_monai.dicom.phantom_dicom import write_phantom_dicom
 from vacseg_monai.dicom.rtstruct import read_rtstruct
@@ -40,10 +41,6 @@ def bag_middle_phantom(seed: int, size: int, n_slices: int) -> Phantom:
         phantom, image=phantom.image[:, :, cut], labels=phantom.labels[:, :, cut], tissues=phantom.tissues[:, :, cut]
     )
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from conftest import dice
 from vacseg_monai.dicom.phantom_dicom import generate_dicom_dataset, phantom_patient_attributes, write_phantom_dicom
 from vacseg_monai.dicom.rtstruct import RTSTRUCT_SOP_CLASS_UID, read_rtstruct
 from vacseg_monai.dicom.series import read_series
@@ -42,10 +43,6 @@ def cropped_phantom(seed: int, size: int = 128, n_slices: int = N_SLICES, versio
         phantom, image=phantom.image[:, :, cut], labels=phantom.labels[:, :, cut], tissues=phantom.tissues[:, :, cut]
     )
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def first_v2_seed(wanted, seeds=range(100)) -> int:

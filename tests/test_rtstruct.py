@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from skimage.draw import disk
 
+from conftest import dice
 from vacseg_monai import __version__
 from vacseg_monai.dicom.contours import (
     contours_to_mask,
@@ -76,10 +77,6 @@ def phantom_labels(rows: int = ROWS, cols: int = COLS, n: int = N_SLICES) -> np.
                 labels[rr, cc_, k] = VALUE["Body"]
     return labels
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def run_tool(args: list[str]) -> subprocess.CompletedProcess:

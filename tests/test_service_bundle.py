@@ -19,12 +19,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from conftest import dice_per_label
 from test_service_support import (
     REPO,
     NodeProcess,
@@ -39,7 +39,6 @@ from test_service_support import (
 )
 from vacseg_monai.dicom.rtstruct import read_rtstruct
 from vacseg_monai.dicom.series import read_series
-from vacseg_monai.labels import LABELS
 from vacseg_monai.service.jobs import JobState, JobStore
 from vacseg_monai.service.processor import QA_PICTURE
 
@@ -87,13 +86,6 @@ def rtstructs_at(destination: StoreSCP) -> dict[str, list[Path]]:
             found.setdefault(referenced_series(ds), []).append(path)
     return found
 
-
-def dice_per_label(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    result = {}
-    for label in LABELS:
-        t, p = truth == label.value, pred == label.value
-        result[label.name] = float(2 * np.logical_and(t, p).sum() / max(int(t.sum() + p.sum()), 1))
-    return result
 
 
 def store_statuses(stderr: str) -> list[str]:
