@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import CACHE_DIR, emit, machine_info, stats, table
+from benchmarks.common import BENCH_PHANTOM_VERSION, CACHE_DIR, emit, machine_info, stats, table
 
 __all__ = ["main", "run", "train_parser"]
 
@@ -45,10 +45,10 @@ def _dataset(patients: int, size: int, seed: int = 2000) -> Path:
     from vacseg_monai.datasets import MASK_DIR
     from vacseg_monai.phantom import generate_phantom, phantom_patient_id, write_npy_layout
 
-    folder = CACHE_DIR / f"train_npy_{size}_s{seed}_n{patients}"
+    folder = CACHE_DIR / f"train_npy_v{BENCH_PHANTOM_VERSION}_{size}_s{seed}_n{patients}"
     for i in range(patients):
         if not (folder / phantom_patient_id(seed + i) / MASK_DIR).is_dir():
-            write_npy_layout(generate_phantom(seed + i, size=size), folder)
+            write_npy_layout(generate_phantom(seed + i, size=size, version=BENCH_PHANTOM_VERSION), folder)
     return folder
 
 

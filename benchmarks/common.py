@@ -184,7 +184,14 @@ def _fit_slices(array: np.ndarray, n_slices: int) -> np.ndarray:
     return np.pad(array, ((0, 0), (0, 0), (before, n_slices - n - before)), mode="symmetric")
 
 
-def phantom_series(n_slices: int, *, size: int = 512, seed: int = 1000, cache: Path = CACHE_DIR) -> list[Path]:
+#: Phantom generator of the benchmark series: v1, the series every speed and memory target was set on (v2 scenes
+#: hold more contours, so its RTSTRUCT and clean-up take longer and figures would not compare across sessions).
+BENCH_PHANTOM_VERSION = 1
+
+
+def phantom_series(
+    n_slices: int, *, size: int = 512, seed: int = 1000, cache: Path = CACHE_DIR, version: int = BENCH_PHANTOM_VERSION
+) -> list[Path]:
     """CT files of a phantom cropped/padded to exactly ``n_slices`` slices (cached on disk).
 
     Args:
@@ -192,18 +199,19 @@ def phantom_series(n_slices: int, *, size: int = 512, seed: int = 1000, cache: P
         size: rows and columns (default 512).
         seed: phantom seed (default 1000, outside the training seeds).
         cache: cache folder (default ``benchmarks/results/cache``).
+        version: phantom generator version (default :data:`BENCH_PHANTOM_VERSION`); part of the cache key.
     """
     from vacseg_monai.dicom.phantom_dicom import write_phantom_dicom
     from vacseg_monai.phantom import generate_phantom
 
-    folder = cache / f"phantom_s{seed}_{size}x{size}x{n_slices}"
+    folder = cache / f"phantom_v{version}_s{seed}_{size}x{size}x{n_slices}"
     done = folder / "files.json"
     if done.is_file():
         files = [folder / p for p in json.loads(done.read_text())]
         if all(p.is_file() for p in files):
             return files
     shutil.rmtree(folder, ignore_errors=True)
-    phantom = generate_phantom(seed, size=size)
+    phantom = generate_phantom(seed, size=size, version=version)
     bag = phantom.bag_slices
     phantom = dataclasses.replace(
         phantom,
