@@ -356,7 +356,7 @@ def bag_free_cases(segmenter: BundleSegmenter, count: int, size: int, max_slices
 def real_cases(segmenter: BundleSegmenter, keys: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """Real scans: Vacbag against "absent", Body against the reference body; unreadable scans are noted."""
     from vacseg_monai.public_data import PublicDataError
-    from vacseg_monai.realct import load_real_scan, reference_body, voxel_spacing
+    from vacseg_monai.realct import load_real_scan, reference_body
 
     rows, notes = [], []
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
@@ -368,7 +368,7 @@ def real_cases(segmenter: BundleSegmenter, keys: Sequence[str]) -> tuple[list[di
                 logger.warning("%s: not readable: %s", key, exc)
                 continue
             hu = np.asarray(source.image[0].numpy(), np.float32)
-            spacing = voxel_spacing(source.affine)
+            spacing = source.spacing
             truths: dict[str, np.ndarray | None] = {"Vacbag": None}
             reference = reference_body(hu, spacing)
             if _cut_by_fov(reference, hu):

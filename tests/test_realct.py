@@ -114,7 +114,7 @@ def test_nifti_is_brought_to_the_display_order(tmp_path):
     hu = source.image[0].numpy()
     assert hu.shape == (30, 20, 5)
     assert np.unravel_index(np.argmax(hu), hu.shape) == (30 - 1 - 25, 20 - 1 - 17, 2)
-    assert realct.voxel_spacing(source.affine) == pytest.approx((1.5, 2.0, 3.0))
+    assert source.spacing == pytest.approx((1.5, 2.0, 3.0))
 
 
 def test_nrrd_is_read_with_its_lps_geometry(tmp_path):
@@ -136,7 +136,7 @@ def test_real_chest_ct_is_read_with_the_couch_below_the_body(tmp_path):
     source = realct.load_real_scan("lung2", tmp_path)
     hu = source.image[0].numpy()
     assert hu.shape == (512, 512, 61)
-    spacing = realct.voxel_spacing(source.affine)
+    spacing = source.spacing
     assert spacing == pytest.approx((0.6269531, 0.6269531, 5.0))
     body = realct.reference_body(hu, spacing)
     body_rows = np.nonzero(body)[0]

@@ -263,7 +263,9 @@ def evaluate_phantoms(
     Raises:
         ValueError: if ``seeds`` is empty or repeats a seed, or a prediction has the wrong shape.
     """
-    from vacseg_monai.phantom import generate_phantom, write_npy_layout
+    from vacseg_monai.phantom import DEFAULT_VERSION, generate_phantom, write_npy_layout
+
+    version = DEFAULT_VERSION if phantom_version is None else int(phantom_version)
 
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -273,8 +275,7 @@ def evaluate_phantoms(
     rows: list[LabelMetrics] = []
     with tempfile.TemporaryDirectory(prefix="vacseg_phantoms_") as tmp:
         for seed in seeds:
-            phantom = generate_phantom(seed, size=size, **({} if phantom_version is None else
-                                                             {"version": int(phantom_version)}))
+            phantom = generate_phantom(seed, size=size, version=version)
             spacing = (*phantom.pixel_spacing, phantom.slice_thickness_mm)
             patient_dir = write_npy_layout(phantom, tmp)
             pred = segmenter(patient_dir, spacing)

@@ -43,7 +43,7 @@ from vacseg_monai.dicom.geometry import affine_lps, lps_to_ras
 if TYPE_CHECKING:
     from vacseg_monai.dicom.series import CTSeries, DecodedSlice
 
-__all__ = ["InferenceInput", "InferenceInputError", "InputKind", "couch_at_top", "load_input"]
+__all__ = ["InferenceInput", "InferenceInputError", "InputKind", "couch_at_top", "load_input", "voxel_spacing"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,17 @@ class InferenceInput:
     def affine(self) -> np.ndarray:
         """4x4 RAS affine (index -> mm), float64."""
         return np.asarray(self.image.affine, dtype=np.float64)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """(row, col, slice) voxel spacing in mm, from the affine."""
+        return voxel_spacing(self.affine)
+
+
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """(row, col, slice) voxel spacing in mm from a 4x4 affine (the norms of its first three columns)."""
+    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
+    return tuple(float(v) for v in np.linalg.norm(matrix, axis=0))  # type: ignore[return-value]
 
 
 def _safe_name(name: str) -> str:

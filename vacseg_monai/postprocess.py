@@ -423,9 +423,8 @@ class ScoreQualityd(MapTransform):
         logits = d.pop(self.logits_key, None)
         if self.config is None or logits is None:
             return d
+        hu = self.source.image[0].numpy()
         for key in self.key_iterator(d):
             labels = np.asarray(torch.as_tensor(d[key]).cpu().numpy()[0], dtype=np.uint8)
-            spacing = np.linalg.norm(np.asarray(self.source.affine, dtype=np.float64)[:3, :3], axis=0)
-            hu = self.source.image[0].numpy()
-            d["quality"] = assess_quality(torch.as_tensor(logits), labels, hu, spacing, self.config)
+            d["quality"] = assess_quality(torch.as_tensor(logits), labels, hu, self.source.spacing, self.config)
         return d

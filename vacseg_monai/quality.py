@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from vacseg_monai.labels import LABELS, label_by_name
+from vacseg_monai.labels import LABELS, Label, label_by_name
 
 __all__ = ["QualityConfig", "QualityReport", "StructureQuality", "assess_quality", "slice_ranges"]
 
@@ -170,6 +170,10 @@ class QualityReport:
     def summary(self) -> str:
         """One line: each structure's score, flagged ones marked with ``!``."""
         return " ".join(f"{n} {s.score:.2f}{'!' if s.flagged else ''}" for n, s in self.structures.items())
+
+    def roi_notes(self, label_table: Sequence[Label]) -> dict[int, str]:
+        """:meth:`note` of each scored structure, by the label value of ``label_table`` that carries it."""
+        return {label.value: self.note(label.name) for label in label_table if label.name in self.structures}
 
     def note(self, name: str, limit: int = 64) -> str:
         """A short note on one structure for the RTSTRUCT (at most ``limit`` characters)."""

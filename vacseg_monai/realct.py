@@ -76,7 +76,6 @@ __all__ = [
     "real_ct_metrics",
     "reference_body",
     "save_check_picture",
-    "voxel_spacing",
 ]
 
 logger = logging.getLogger(__name__)
@@ -99,12 +98,6 @@ TRAINING_SCANS: frozenset[str] = frozenset()
 # The project's display order, as nibabel axis codes: rows run to the patient's posterior, columns to
 # the patient's left, slices to superior (a head-first-supine DICOM series; the couch at high rows).
 _DISPLAY_AXCODES = ("P", "L", "S")
-
-
-def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    """(row, col, slice) voxel spacing in mm from a 4x4 affine (the norms of its first three columns)."""
-    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
-    return tuple(float(v) for v in np.linalg.norm(matrix, axis=0))  # type: ignore[return-value]
 
 
 def _disk(radius_rows: float, radius_cols: float) -> np.ndarray:
@@ -458,8 +451,8 @@ def check_scan(
                                                          (work, "<work>")], start)
         hu = np.asarray(source.image[0].cpu().numpy(), dtype=np.float32)
         result.shape = tuple(int(s) for s in hu.shape)
-        result.spacing = voxel_spacing(source.affine)
-        if getattr(source, "rows_flipped", False):
+        result.spacing = source.spacing
+        if source.rows_flipped:
             result.notes.append("stored with the couch at the top of the image; segmented flipped up-down, "
                                 "as the node does")
         try:

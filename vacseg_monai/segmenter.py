@@ -52,12 +52,6 @@ class Segmentation:
     quality: QualityReport | None = None
 
 
-def _spacing(source: InferenceInput) -> tuple[float, float, float]:
-    """(row, col, slice) spacing in mm of the input's ``[row, col, slice]`` grid, from its affine."""
-    affine = np.asarray(source.affine, dtype=np.float64)
-    return tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
-
-
 class BundleSegmenter:
     """Load the bundle's inference components once and segment volumes with them.
 
@@ -187,7 +181,7 @@ class BundleSegmenter:
         quality = None
         if self.quality_config is not None:
             start = time.perf_counter()
-            quality = assess_quality(logits, labels, source.image[0].numpy(), _spacing(source), self.quality_config)
+            quality = assess_quality(logits, labels, source.image[0].numpy(), source.spacing, self.quality_config)
             timings["quality"] = time.perf_counter() - start
         logger.info(
             "Segmented %s in %.2f s (%s)",
@@ -230,7 +224,7 @@ class BundleSegmenter:
         table = list(LABELS)
         notes = None
         if quality is not None:
-            notes = {label.value: quality.note(label.name) for label in table if label.name in quality.structures}
+            notes = quality.roi_notes(table)
             if flagged_suffix:
                 table = [
                     replace(label, name=label.name[: 64 - len(flagged_suffix)] + flagged_suffix)

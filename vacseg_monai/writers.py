@@ -195,8 +195,7 @@ class SaveInferenceOutputsd(MapTransform):
             if array.ndim == 4 and array.shape[0] == 1:
                 array = array[0]
             quality = d.get("quality")
-            notes = None if quality is None else {lb.value: quality.note(lb.name) for lb in self.label_table
-                                                  if lb.name in quality.structures}  # fmt: skip
+            notes = None if quality is None else quality.roi_notes(self.label_table)
             written = write_inference_outputs(
                 self.source, array, self.output_dir, self.output, self.root_uid, label_table=self.label_table,
                 roi_notes=notes, model_version=self.model_version,
