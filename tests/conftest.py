@@ -6,14 +6,36 @@ subprocess) are in ``test_service_support.py``.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from vacseg_monai.labels import LABELS
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "vacbag_ct_segmentation"
+CONFIGS = BUNDLE / "configs"
+BUNDLE_RUN_TIMEOUT_S = 240
+
+
+def run_bundle(run_id: str, config_files: list[Path], overrides: dict[str, str]) -> subprocess.CompletedProcess:
+    """`python -m monai.bundle run <run_id> ...`, as the README documents it; fails the test on a non-zero exit."""
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", run_id,
+        "--config_file", repr([str(f) for f in config_files]),
+        "--meta_file", str(CONFIGS / "metadata.json"),
+        "--logging_file", str(CONFIGS / "logging.conf"),
+        "--bundle_root", str(BUNDLE),
+    ]  # fmt: skip
+    for key, value in overrides.items():
+        command += [f"--{key}", value]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=BUNDLE_RUN_TIMEOUT_S, check=False)
+    if result.returncode != 0:
+        pytest.fail(f"bundle run failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -21,12 +21,10 @@ import torch
 from monai.bundle import ConfigParser
 from monai.networks.nets import UNet
 
-from conftest import BUNDLE
+from conftest import BUNDLE, BUNDLE_RUN_TIMEOUT_S, CONFIGS, run_bundle
 from vacseg_monai.labels import BACKGROUND, LABELS, num_classes
 from vacseg_monai.training import FocalTverskyLoss, make_loss
 
-CONFIGS = BUNDLE / "configs"
-RUN_TIMEOUT_S = 240
 SIZE = 64
 
 
@@ -45,23 +43,6 @@ def _make_layout(root: Path) -> None:
             np.save(root / f"p{p}" / "mask" / f"{i}.npy", mask)
 
 
-def _run_bundle(run_id: str, config_files: list[Path], overrides: dict[str, str]) -> subprocess.CompletedProcess:
-    """`python -m monai.bundle run <run_id> ...`, as the README documents it."""
-    command = [
-        sys.executable, "-m", "monai.bundle", "run", run_id,
-        "--config_file", repr([str(f) for f in config_files]),
-        "--meta_file", str(CONFIGS / "metadata.json"),
-        "--logging_file", str(CONFIGS / "logging.conf"),
-        "--bundle_root", str(BUNDLE),
-    ]  # fmt: skip
-    for key, value in overrides.items():
-        command += [f"--{key}", value]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
-    if result.returncode != 0:
-        pytest.fail(f"bundle run failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
@@ -78,7 +59,7 @@ def trained(tmp_path_factory):
         "num_workers": "0",
         "progress_bar": "False",
     }
-    result = _run_bundle("training", [CONFIGS / "train.json"], overrides)
+    result = run_bundle("training", [CONFIGS / "train.json"], overrides)
     return root, overrides, result.stdout + result.stderr
 
 
@@ -122,7 +103,7 @@ def test_evaluate_config_reloads_best_model(trained):
     root, overrides, log = trained
     best = max(float(v) for v in re.findall(r"val_mean_dice: (\d\.\d+)", log))
     eval_overrides = {k: v for k, v in overrides.items() if k != "max_epochs"} | {"output_dir": str(root / "eval")}
-    _run_bundle("evaluating", [CONFIGS / "train.json", CONFIGS / "evaluate.json"], eval_overrides)
+    run_bundle("evaluating", [CONFIGS / "train.json", CONFIGS / "evaluate.json"], eval_overrides)
     with open(root / "eval" / "metrics.csv", newline="") as f:
         metrics = {row[0]: float(row[1]) for row in csv.reader(f)}
     assert metrics["val_mean_dice"] == pytest.approx(best, abs=1e-4)
@@ -139,7 +120,7 @@ def test_finetune_starts_from_a_checkpoint_and_never_overwrites_one(trained):
     finetune = overrides | {"pretrained_path": str(pretrained), "ckpt_dir": str(tuned_dir),
                             "output_dir": str(root / "finetune_runs"), "max_epochs": "1", "learning_rate": "0.0"}
     configs = [CONFIGS / "train.json", CONFIGS / "finetune.json"]
-    _run_bundle("training", configs, finetune)
+    run_bundle("training", configs, finetune)
     assert pretrained.read_bytes() == before
     start = torch.load(pretrained, map_location="cpu", weights_only=True)
     tuned = torch.load(tuned_dir / "model.pt", map_location="cpu", weights_only=True)
@@ -149,7 +130,7 @@ def test_finetune_starts_from_a_checkpoint_and_never_overwrites_one(trained):
         [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", repr([str(f) for f in configs]),
          "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE)]
         + [arg for key, value in finetune.items() for arg in (f"--{key}", value)],
-        capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
+        capture_output=True, text=True, timeout=BUNDLE_RUN_TIMEOUT_S, check=False,
     )  # fmt: skip
     assert again.returncode != 0
     assert f"FileExistsError: {tuned_dir} already holds checkpoint_epoch=1.pt, model.pt, model_last.pt" in again.stderr
@@ -192,7 +173,7 @@ def test_config_defaults_mirror_original_cli():
 
 def test_config_loss_switch():
     loss = _parser(loss_name="focal_tversky").get_parsed_content("loss")
-    assert isinstance(loss, FocalTverskyLoss)
+    assert isinstance(loss.base, FocalTverskyLoss)
     with pytest.raises(RuntimeError) as info:
         _parser(loss_name="hinge").get_parsed_content("loss")
     assert "`loss` must be one of ['dice', 'dicece', 'bce', 'focal_tversky'], got 'hinge'." in repr(info.value.__cause__)

@@ -80,6 +80,7 @@ def test_discovers_npy_layout_with_numeric_slice_order(tmp_path):
         "label": str(tmp_path / "dog_b" / "mask" / "9.npy"),
         "patient": "dog_b",
         "slice": 9,
+        "annotated": "Vacbag,Couch,Body",
     }
     assert load_slice(items[3]["image"])[0, 0, 0] == -1000 + 9
 

@@ -29,6 +29,11 @@ either layout (used by :mod:`vacseg_monai.dicom.exports`), so that the folder an
 file names above are defined here once (:data:`IMG_DIR`, :data:`MASK_DIR`,
 :data:`NIFTI_IMAGE_NAMES`, :data:`NIFTI_LABEL_NAMES`).
 
+A patient folder may hold ``annotation.json``, ``{"annotated_labels": ["Vacbag", "Body"]}``: the labels its
+annotation really covers. A label not listed is unknown in that patient, not absent: training does not teach it
+as background there (:mod:`vacseg_monai.partial_labels`). A listed label with no voxel is known absent (a scan
+without a bag). Without the file every label is annotated. The writers take ``annotated=``.
+
 Discovery (:func:`discover_patients`) reads every file header once (``np.load``
 with ``mmap_mode="r"``, NIfTI headers via nibabel's lazy proxy) and raises
 :class:`DataLayoutError` naming the patient, the file and the problem.
@@ -36,6 +41,8 @@ with ``mmap_mode="r"``, NIfTI headers via nibabel's lazy proxy) and raises
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -46,8 +53,10 @@ from typing import Any
 import numpy as np
 
 from vacseg_monai.labels import BACKGROUND, LABELS, checked_label_map
+from vacseg_monai.partial_labels import ANNOTATED_KEY, check_annotated
 
 __all__ = [
+    "ANNOTATION_FILE",
     "IMG_DIR",
     "MASK_DIR",
     "NIFTI_IMAGE_NAMES",
@@ -61,6 +70,7 @@ __all__ = [
     "load_nifti_volume",
     "load_slice",
     "nifti_slice",
+    "read_annotation",
     "slice_items",
     "split_patients",
     "write_nifti_patient",
@@ -74,6 +84,9 @@ NIFTI_LABEL_NAMES = ("label.nii.gz", "label.nii")
 #: Sub-folders of a patient in the npy layout: CT slices and label slices.
 IMG_DIR = "img"
 MASK_DIR = "mask"
+#: Optional file in a patient folder naming the labels its annotation covers.
+ANNOTATION_FILE = "annotation.json"
+_ALL_LABELS = tuple(label.name for label in LABELS)
 _LAYOUTS_LOOKED_FOR = (
     "<patient>/img/<i>.npy + <patient>/mask/<i>.npy (npy layout) or "
     "<patient>/image.nii.gz + <patient>/label.nii.gz (nifti layout)"
@@ -103,6 +116,7 @@ class PatientRecord:
         slice_indices: slice numbers in increasing order (npy file names; 0..n-1 for NIfTI).
         image_files: per-slice ``.npy`` files (npy) or the single volume (nifti).
         label_files: same for the labels.
+        annotated: names of the labels the annotation covers (all by default; see the module docstring).
     """
 
     patient_id: str
@@ -112,6 +126,12 @@ class PatientRecord:
     slice_indices: tuple[int, ...]
     image_files: tuple[Path, ...]
     label_files: tuple[Path, ...]
+    annotated: tuple[str, ...] = _ALL_LABELS
+
+    @property
+    def partial(self) -> bool:
+        """Whether some label is not annotated in this patient."""
+        return self.annotated != _ALL_LABELS
 
     @property
     def n_slices(self) -> int:
@@ -323,17 +343,69 @@ def discover_patients(data_dir: str | os.PathLike[str]) -> list[PatientRecord]:
     for patient_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         layout = _patient_layout(patient_dir)
         if layout == Layout.NPY:
-            patients.append(_discover_npy_patient(patient_dir))
+            record = _discover_npy_patient(patient_dir)
         elif layout == Layout.NIFTI:
-            patients.append(_discover_nifti_patient(patient_dir))
+            record = _discover_nifti_patient(patient_dir)
         else:
             logger.warning("Skipping %s: it matches neither layout (%s).", patient_dir, _LAYOUTS_LOOKED_FOR)
+            continue
+        patients.append(dataclasses.replace(record, annotated=read_annotation(patient_dir)))
     if not patients:
         raise DataLayoutError(f"No patients found in data_dir {str(root)!r}; looked for {_LAYOUTS_LOOKED_FOR}.")
+    partial = [f"{p.patient_id} ({', '.join(p.annotated) or 'none'})" for p in patients if p.partial]
     logger.info(
-        "Found %d patients (%d slices) in %s.", len(patients), sum(p.n_slices for p in patients), root
+        "Found %d patients (%d slices) in %s; partly annotated: %s.",
+        len(patients),
+        sum(p.n_slices for p in patients),
+        root,
+        ", ".join(partial) or "none",
     )
     return patients
+
+
+def read_annotation(patient_dir: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The labels a patient's annotation covers, from its ``annotation.json`` (every label without one).
+
+    Raises:
+        DataLayoutError: if the file is not JSON of the form ``{"annotated_labels": [names]}`` or names an unknown
+            label.
+    """
+    path = Path(patient_dir) / ANNOTATION_FILE
+    if not path.is_file():
+        return _ALL_LABELS
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+        names = content["annotated_labels"]
+        if not isinstance(names, list):
+            raise TypeError("`annotated_labels` is not a list")
+        return check_annotated(names, str(path))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataLayoutError(
+            f"Patient {Path(patient_dir).name!r}: {path} must read "
+            f'{{"annotated_labels": [label names from {list(_ALL_LABELS)}]}}: {exc}'
+        ) from exc
+
+
+def _checked_annotation(annotated: Sequence[str] | None, labels: np.ndarray) -> tuple[str, ...] | None:
+    """Canonical names of ``annotated``; refuses a label map that holds a label said not to be annotated."""
+    if annotated is None:
+        return None
+    names = check_annotated(annotated, "annotated")
+    present = {label.name for label in LABELS if label.name not in names and bool((labels == label.value).any())}
+    if present:
+        raise ValueError(
+            f"The label map holds {sorted(present)} but `annotated` {list(names)} does not list them; "
+            "list every label the annotation contains."
+        )
+    return names
+
+
+def _write_annotation(patient_dir: Path, names: tuple[str, ...] | None) -> None:
+    path = patient_dir / ANNOTATION_FILE
+    if names is None:
+        path.unlink(missing_ok=True)
+        return
+    path.write_text(json.dumps({"annotated_labels": list(names)}, indent=1) + "\n", encoding="utf-8")
 
 
 def split_patients(
@@ -379,7 +451,8 @@ def slice_items(patients: Sequence[PatientRecord]) -> list[dict[str, Any]]:
     """One data dictionary per slice, in patient then slice order.
 
     Each item has ``image`` and ``label`` (file paths as strings), ``patient``
-    (the id) and ``slice`` (the slice number). For NIfTI patients ``image`` and
+    (the id), ``slice`` (the slice number) and ``annotated`` (the patient's annotated
+    label names, comma-separated). For NIfTI patients ``image`` and
     ``label`` are the volumes and ``slice`` selects ``data[:, :, slice]``.
 
     Args:
@@ -392,7 +465,15 @@ def slice_items(patients: Sequence[PatientRecord]) -> list[dict[str, Any]]:
                 image, label = patient.image_files[position], patient.label_files[position]
             else:
                 image, label = patient.image_files[0], patient.label_files[0]
-            items.append({"image": str(image), "label": str(label), "patient": patient.patient_id, "slice": index})
+            items.append(
+                {
+                    "image": str(image),
+                    "label": str(label),
+                    "patient": patient.patient_id,
+                    "slice": index,
+                    ANNOTATED_KEY: ",".join(patient.annotated),
+                }
+            )
     return items
 
 
@@ -506,32 +587,42 @@ def as_label_map(array: np.ndarray, source: str) -> np.ndarray:
 # --------------------------------------------------------------------------- writers
 
 
-def write_npy_patient(image: np.ndarray, labels: np.ndarray, patient_dir: str | Path) -> Path:
+def write_npy_patient(
+    image: np.ndarray, labels: np.ndarray, patient_dir: str | Path, annotated: Sequence[str] | None = None
+) -> Path:
     """Write one patient in the per-slice npy layout.
 
     Args:
         image: int16 HU volume (rows, cols, n_slices).
         labels: uint8 label map, same shape.
         patient_dir: the patient folder (``img/`` and ``mask/`` are created in it).
+        annotated: the labels the annotation covers, written to :data:`ANNOTATION_FILE`; ``None`` (default): all.
 
     Returns:
         ``patient_dir``.
 
     Raises:
-        ValueError: if the shapes differ or the dtypes are not int16 / uint8.
+        ValueError: if the shapes differ, the dtypes are not int16 / uint8, or ``annotated`` names an unknown
+            label or misses one that the label map holds.
     """
     _check_volume_pair(image, labels)
+    names = _checked_annotation(annotated, labels)
     patient_dir = Path(patient_dir)
     (patient_dir / IMG_DIR).mkdir(parents=True, exist_ok=True)
     (patient_dir / MASK_DIR).mkdir(parents=True, exist_ok=True)
     for i in range(image.shape[2]):
         np.save(patient_dir / IMG_DIR / f"{i}.npy", np.ascontiguousarray(image[None, :, :, i]))
         np.save(patient_dir / MASK_DIR / f"{i}.npy", np.ascontiguousarray(labels[None, :, :, i]))
+    _write_annotation(patient_dir, names)
     return patient_dir
 
 
 def write_nifti_patient(
-    image: np.ndarray, labels: np.ndarray, affine_ras: np.ndarray, patient_dir: str | Path
+    image: np.ndarray,
+    labels: np.ndarray,
+    affine_ras: np.ndarray,
+    patient_dir: str | Path,
+    annotated: Sequence[str] | None = None,
 ) -> Path:
     """Write one patient in the NIfTI layout (``image.nii.gz`` + ``label.nii.gz``).
 
@@ -543,6 +634,7 @@ def write_nifti_patient(
         labels: uint8 label map, same shape.
         affine_ras: 4x4 RAS affine of the volume.
         patient_dir: the patient folder (created).
+        annotated: as for :func:`write_npy_patient`.
 
     Returns:
         ``patient_dir``.
@@ -553,6 +645,7 @@ def write_nifti_patient(
     import nibabel as nib
 
     _check_volume_pair(image, labels)
+    names = _checked_annotation(annotated, labels)
     affine = np.asarray(affine_ras, dtype=np.float64)
     if affine.shape != (4, 4):
         raise ValueError(f"`affine_ras` must be 4x4, got shape {affine.shape}.")
@@ -564,6 +657,7 @@ def write_nifti_patient(
         nifti.set_sform(affine, code=1)
         nifti.header.set_xyzt_units("mm")
         nib.save(nifti, str(patient_dir / name))
+    _write_annotation(patient_dir, names)
     return patient_dir
 
 

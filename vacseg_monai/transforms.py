@@ -41,6 +41,7 @@ from monai.transforms import (
 )
 
 from vacseg_monai.datasets import DataLayoutError, as_label_map, load_nifti_volume, load_slice, nifti_slice
+from vacseg_monai.partial_labels import PartialLabelsd
 
 __all__ = [
     "ClipIntensityd",
@@ -206,10 +207,11 @@ def _deterministic(
 ) -> list:
     _check_window(a_min, a_max, b_min, b_max)
     keys = [image_key] if label_key is None else [image_key, label_key]
-    chain: list = [
-        LoadSliced(keys=keys, label_keys=[] if label_key is None else [label_key]),
-        ScaleIntensityRanged(keys=image_key, a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=True),
-    ]
+    chain: list = [LoadSliced(keys=keys, label_keys=[] if label_key is None else [label_key])]
+    if label_key is not None:
+        # Partly annotated patients: background becomes "background or an unannotated label".
+        chain.append(PartialLabelsd(keys=label_key))
+    chain.append(ScaleIntensityRanged(keys=image_key, a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=True))
     size = _spatial_2d(spatial_size)
     if size is not None:
         chain.append(
@@ -232,7 +234,10 @@ def val_transforms(
     image_key: str = "image",
     label_key: str | None = "label",
 ) -> Compose:
-    """Deterministic slice chain: load, HU window to ``[b_min, b_max]`` (clipped), optional resize.
+    """Deterministic slice chain: load, partial labels, HU window to ``[b_min, b_max]`` (clipped), optional resize.
+
+    A partly annotated patient's background becomes a partial code
+    (:class:`vacseg_monai.partial_labels.PartialLabelsd`).
 
     Args:
         a_min: HU mapped to ``b_min``; lower values are clipped. Defaults to -1024.
