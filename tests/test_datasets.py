@@ -12,6 +12,7 @@ from vacseg_monai.datasets import (
     DataLayoutError,
     as_label_map,
     discover_patients,
+    finetune_datalists,
     fold_datalists,
     load_slice,
     slice_items,
@@ -325,3 +326,23 @@ def test_writers_give_what_discovery_reads_in_either_layout(tmp_path):
         write_npy_patient(image.astype(np.float32), labels, tmp_path / "bad")
     with pytest.raises(ValueError, match=r"must be equal 3D shapes"):
         write_nifti_patient(image, labels[:, :, :2], affine, tmp_path / "bad")
+
+
+def test_finetune_replays_a_share_of_the_project_data_in_training_only(tmp_path):
+    for p in range(5):
+        make_npy_patient(tmp_path / "clinic", f"c{p}", indices=range(4))
+    for p in range(3):
+        make_npy_patient(tmp_path / "phantoms", f"ph{p}", indices=range(10))
+    plain = finetune_datalists(tmp_path / "clinic", k_folds=5)
+    assert (len(plain["train"]), len(plain["validation"])) == (16, 4)
+    mixed = finetune_datalists(tmp_path / "clinic", tmp_path / "phantoms", replay_share=0.2, k_folds=5)
+    assert mixed["validation"] == plain["validation"]
+    replayed = [it for it in mixed["train"] if it["patient"].startswith("replay/")]
+    assert len(replayed) == 4 and len(mixed["train"]) == 20  # 4 of 20 slices: a share of 0.2
+    assert {it["patient"] for it in replayed} <= {"replay/ph0", "replay/ph1", "replay/ph2"}
+    assert all("/phantoms/" in it["image"] for it in replayed)
+    assert finetune_datalists(tmp_path / "clinic", tmp_path / "phantoms", 0.2, k_folds=5) == mixed  # seeded
+    with pytest.raises(ValueError, match=r"`replay_share` must be in \[0, 1\), got 1.0"):
+        finetune_datalists(tmp_path / "clinic", tmp_path / "phantoms", replay_share=1.0)
+    with pytest.raises(ValueError, match="`replay_share` is 0.3 but no `replay_dir` was given"):
+        finetune_datalists(tmp_path / "clinic", None, replay_share=0.3)

@@ -66,6 +66,7 @@ __all__ = [
     "PatientRecord",
     "as_label_map",
     "discover_patients",
+    "finetune_datalists",
     "fold_datalists",
     "load_nifti_volume",
     "load_slice",
@@ -508,6 +509,57 @@ def fold_datalists(
         "train": [item for p in train_ids for item in slice_items([by_id[p]])[:: int(train_slice_stride)]],
         "validation": slice_items([by_id[p] for p in val_ids]),
     }
+
+
+def finetune_datalists(
+    data_dir: str | os.PathLike[str],
+    replay_dir: str | os.PathLike[str] | None = None,
+    replay_share: float = 0.0,
+    k_folds: int = 5,
+    k_fold_index: int = 0,
+    train_slice_stride: int = 1,
+    seed: int = 0,
+) -> dict[str, list[dict[str, Any]]]:
+    """:func:`fold_datalists` of ``data_dir`` with a replay share of slices from ``replay_dir`` in training.
+
+    Fine-tuning on a clinic's own patients alone can make the model forget what it knew; mixing in slices of the
+    data it was trained on (the project's phantoms) keeps it. Validation stays on ``data_dir``'s fold, the data
+    being tuned for.
+
+    Args:
+        data_dir: the fine-tuning data (for example a clinic's corrections).
+        replay_dir: the data to replay, or ``None`` for none.
+        replay_share: the share of replayed slices among the training slices, in ``[0, 1)``. Defaults to 0.
+        k_folds, k_fold_index, train_slice_stride: as for :func:`fold_datalists`; the stride applies to both.
+        seed: seed of the choice of replayed slices. Defaults to 0.
+
+    Returns:
+        ``{"train": [...], "validation": [...]}``; replayed items carry the patient id ``replay/<id>``.
+
+    Raises:
+        ValueError: for a share outside ``[0, 1)``, or a share without a ``replay_dir``.
+        DataLayoutError: see :func:`discover_patients`.
+    """
+    share = float(replay_share)
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"`replay_share` must be in [0, 1), got {replay_share}.")
+    lists = fold_datalists(data_dir, k_folds, k_fold_index, train_slice_stride)
+    if share == 0.0:
+        return lists
+    if replay_dir is None:
+        raise ValueError(f"`replay_share` is {share} but no `replay_dir` was given.")
+    pool = [
+        item | {"patient": f"replay/{item['patient']}"}
+        for item in slice_items(discover_patients(replay_dir))[:: int(train_slice_stride)]
+    ]
+    wanted = round(len(lists["train"]) * share / (1.0 - share))
+    rng = np.random.default_rng(seed)
+    chosen = [pool[i] for i in rng.choice(len(pool), size=wanted, replace=wanted > len(pool))] if wanted else []
+    logger.info(
+        "Replaying %d slices of %d patients from %s (%.0f %% of %d training slices).",
+        len(chosen), len({it["patient"] for it in pool}), replay_dir, 100 * share, len(lists["train"]) + len(chosen),
+    )  # fmt: skip
+    return {"train": lists["train"] + chosen, "validation": lists["validation"]}
 
 
 def _is_nifti(path: str | os.PathLike[str]) -> bool:
