@@ -26,7 +26,6 @@ from vacseg_monai.datasets import (
 from vacseg_monai.labels import label_by_name
 from vacseg_monai.partial_labels import (
     PARTIAL_BASE,
-    PartialLabelsd,
     ResolvePartialLabelsd,
     allowed_classes,
     unannotated_code,

@@ -647,7 +647,8 @@ def write_npy_patient(
     Args:
         image: int16 HU volume (rows, cols, n_slices).
         labels: uint8 label map, same shape.
-        patient_dir: the patient folder (``img/`` and ``mask/`` are created in it).
+        patient_dir: the patient folder (``img/`` and ``mask/`` are created in it). Slice files beyond the
+            volume's, left by an earlier patient written there, are removed.
         annotated: the labels the annotation covers, written to :data:`ANNOTATION_FILE`; ``None`` (default): all.
 
     Returns:
@@ -662,11 +663,26 @@ def write_npy_patient(
     patient_dir = Path(patient_dir)
     (patient_dir / IMG_DIR).mkdir(parents=True, exist_ok=True)
     (patient_dir / MASK_DIR).mkdir(parents=True, exist_ok=True)
+    _remove_stale_slices(patient_dir, image.shape[2])
     for i in range(image.shape[2]):
         np.save(patient_dir / IMG_DIR / f"{i}.npy", np.ascontiguousarray(image[None, :, :, i]))
         np.save(patient_dir / MASK_DIR / f"{i}.npy", np.ascontiguousarray(labels[None, :, :, i]))
     _write_annotation(patient_dir, names)
     return patient_dir
+
+
+def _remove_stale_slices(patient_dir: Path, n_slices: int) -> None:
+    """Delete ``<i>.npy`` files with i >= n_slices, so that a rewritten patient holds only its own slices."""
+    stale = [
+        f
+        for folder in (patient_dir / IMG_DIR, patient_dir / MASK_DIR)
+        for f in folder.glob("*.npy")
+        if not (f.stem.isdigit() and int(f.stem) < n_slices)
+    ]
+    if stale:
+        logger.info("%s: removing %d slice files of an earlier patient in this folder", patient_dir.name, len(stale))
+    for f in stale:
+        f.unlink()
 
 
 def write_nifti_patient(

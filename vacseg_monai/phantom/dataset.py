@@ -12,8 +12,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 
+from vacseg_monai.datasets import write_npy_patient
 from vacseg_monai.phantom.model import Phantom
 
 __all__ = ["generate_dataset", "montage_panels", "write_npy_layout"]
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def write_npy_layout(phantom: Phantom, out_dir: str | Path) -> Path:
-    """Write a phantom in the per-slice npy layout.
+    """Write a phantom in the per-slice npy layout (:func:`vacseg_monai.datasets.write_npy_patient`).
 
     Writes ``<out_dir>/<patient_id>/img/<i>.npy`` (int16 HU) and ``mask/<i>.npy`` (uint8 labels),
     each of shape (1, rows, cols), for i = 0..n_slices-1. Slices beyond ``n_slices`` left by an
@@ -38,37 +38,12 @@ def write_npy_layout(phantom: Phantom, out_dir: str | Path) -> Path:
     Raises:
         ValueError: if the image and label shapes or dtypes are not as the layout requires.
     """
-    if phantom.image.shape != phantom.labels.shape or phantom.image.ndim != 3:
-        raise ValueError(
-            f"Phantom {phantom.patient_id}: image {phantom.image.shape} and labels {phantom.labels.shape} "
-            "must be equal 3D shapes (rows, cols, n_slices)."
-        )
-    if phantom.image.dtype != np.int16 or phantom.labels.dtype != np.uint8:
-        raise ValueError(
-            f"Phantom {phantom.patient_id}: expected int16 image and uint8 labels, "
-            f"got {phantom.image.dtype} and {phantom.labels.dtype}."
-        )
-    patient_dir = Path(out_dir) / phantom.patient_id
-    img_dir = patient_dir / "img"
-    mask_dir = patient_dir / "mask"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    mask_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_slices(phantom, img_dir, mask_dir)
-    for i in range(phantom.n_slices):
-        np.save(img_dir / f"{i}.npy", np.ascontiguousarray(phantom.image[None, :, :, i]))
-        np.save(mask_dir / f"{i}.npy", np.ascontiguousarray(phantom.labels[None, :, :, i]))
+    try:
+        patient_dir = write_npy_patient(phantom.image, phantom.labels, Path(out_dir) / phantom.patient_id)
+    except ValueError as exc:
+        raise ValueError(f"Phantom {phantom.patient_id}: {exc}") from exc
     logger.debug("Wrote %d slices of %s to %s", phantom.n_slices, phantom.patient_id, patient_dir)
     return patient_dir
-
-
-def _remove_stale_slices(phantom: Phantom, *folders: Path) -> None:
-    """Delete ``<i>.npy`` files with i >= n_slices, so that a rewritten patient holds only its own slices."""
-    stale = [f for folder in folders for f in folder.glob("*.npy")
-             if not (f.stem.isdigit() and int(f.stem) < phantom.n_slices)]
-    if stale:
-        logger.info("%s: removing %d slice files of an earlier patient with this ID", phantom.patient_id, len(stale))
-    for f in stale:
-        f.unlink()
 
 
 _PANEL_KINDS = ("thorax", "past bag end", "last bag slice", "bag middle", "middle")
