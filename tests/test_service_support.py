@@ -246,3 +246,38 @@ class NodeProcess:
         code = self.proc.poll()
         self.kill9()  # the worker too, should it outlive the SCP
         return code
+
+
+def write_banded_series(out_dir: Path, n_slices: int = 6) -> list[Path]:
+    """A 64x64 CT series with three HU bands that :class:`BandProcessor` turns into Body, Vacbag and Couch."""
+    from vacseg_monai.dicom.synthetic import write_ct_series
+
+    image = np.full((64, 64, n_slices), -1000, np.int16)
+    image[14:40, 16:48, :] = 40  # Body
+    image[40:46, 10:54, :] = -800  # Vacbag under it
+    image[48:53, 4:60, :] = 350  # Couch
+    return write_ct_series(image, out_dir, pixel_spacing=(1.0, 1.0), slice_thickness=2.5,
+                           study_instance_uid=generate_uid(), series_instance_uid=generate_uid(),
+                           series_description="Banded CT")
+
+
+class BandProcessor:
+    """Contours by HU bands (Body -100..100, Vacbag -900..-600, Couch 200..500) and writes the project's RTSTRUCT.
+
+    A stand-in for the network that gives known contours; the reading, the writing and the node are the real ones.
+    """
+
+    def __init__(self, *, root_uid: str | None = None, **_: object) -> None:
+        self.root_uid = root_uid
+
+    def __call__(self, series_dir: Path, job_dir: Path) -> list[Path]:
+        from vacseg_monai.dicom.outputs import DEFAULT_ROOT_UID, write_outputs
+        from vacseg_monai.dicom.series import read_series
+
+        series = read_series(series_dir)
+        hu = series.volume[0].numpy()
+        labels = np.zeros(hu.shape, np.uint8)
+        labels[(hu > -100) & (hu < 100)] = 3
+        labels[(hu > -900) & (hu < -600)] = 1
+        labels[(hu > 200) & (hu < 500)] = 2
+        return write_outputs(labels, series, job_dir / "output", "rtstruct", self.root_uid or DEFAULT_ROOT_UID)

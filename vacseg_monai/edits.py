@@ -44,7 +44,9 @@ __all__ = [
     "DEFAULT_SURFACE_TOLERANCE_MM",
     "EditMeasure",
     "RoiEdit",
+    "StructureSetComparison",
     "added_path_length",
+    "compare_structure_sets",
     "edit_metrics",
     "most_edited_slices",
     "save_edit_picture",
@@ -347,3 +349,66 @@ def save_edit_picture(
     )
     return save_overlay_montage(panels, path, suptitle=f"{title}\n{summary}", labels_name="correction",
                                 contours_name="node")
+
+
+@dataclass
+class StructureSetComparison:
+    """A corrected RT Structure Set compared with the node's, on the CT grid.
+
+    Args:
+        measure: the edit metrics.
+        node_labels: the node's label map ``(rows, cols, n_slices)``.
+        corrected_labels: the corrected label map.
+        unmatched_rois: ROI names of the correction that match no label (not compared).
+    """
+
+    measure: EditMeasure
+    node_labels: np.ndarray
+    corrected_labels: np.ndarray
+    unmatched_rois: list[str]
+
+
+def compare_structure_sets(
+    node: str | Path,
+    corrected: str | Path,
+    series,
+    *,
+    label_table: Sequence[Label] = LABELS,
+    surface_tolerance_mm: float = DEFAULT_SURFACE_TOLERANCE_MM,
+    apl_tolerance_mm: float = DEFAULT_APL_TOLERANCE_MM,
+) -> StructureSetComparison:
+    """Rasterise the node's and the corrected RT Structure Set on ``series`` and measure the edit.
+
+    ROIs are matched to labels by name with the label table's aliases
+    (:func:`vacseg_monai.dicom.rtstruct.resolve_roi_label`).
+
+    Args:
+        node: the node's RTSTRUCT file.
+        corrected: the corrected RTSTRUCT file.
+        series: the :class:`~vacseg_monai.dicom.series.CTSeries` both refer to.
+        label_table: the labels (default :data:`vacseg_monai.labels.LABELS`).
+        surface_tolerance_mm: surface Dice tolerance (default 2 mm).
+        apl_tolerance_mm: added path length tolerance (default 1 mm).
+
+    Raises:
+        ValueError: naming the file, when the correction holds no ROIContourSequence, none of its ROIs
+            matches a label, or a contour lies off the series or in another frame of reference.
+    """
+    from pydicom import dcmread
+
+    from vacseg_monai.dicom.rtstruct import read_rtstruct_contents
+
+    ds = dcmread(corrected)
+    if not ds.get("ROIContourSequence"):
+        raise ValueError(f"{corrected}: the structure set has no ROIContourSequence (no contours to compare).")
+    node_contents = read_rtstruct_contents(node, series, label_table=label_table)
+    contents = read_rtstruct_contents(ds, series, label_table=label_table)
+    if not contents.roi_labels:
+        raise ValueError(
+            f"{corrected}: none of its ROIs {contents.skipped_rois} matches a label "
+            f"({', '.join(label.name for label in label_table)}) or one of their aliases."
+        )
+    spacing = (*series.pixel_spacing, series.slice_spacing)
+    measure = edit_metrics(node_contents.masks, contents.masks, spacing, label_table=label_table,
+                           surface_tolerance_mm=surface_tolerance_mm, apl_tolerance_mm=apl_tolerance_mm)
+    return StructureSetComparison(measure, node_contents.labels, contents.labels, list(contents.skipped_rois))
