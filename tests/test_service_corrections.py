@@ -167,3 +167,37 @@ def test_corrections_matched_superseded_unmatched_and_malformed(tmp_path):
         assert [row["status"] for row in rows[-1:]] == ["unmatched"]
     finally:
         node.stop()
+
+
+def test_unreferenced_structure_sets_received_in_memory_are_kept(tmp_path):
+    """The node in this process (instances received into memory): structure sets that match no job are kept."""
+    from vacseg_monai.dicom.outputs import write_outputs
+    from vacseg_monai.dicom.series import read_series
+    from vacseg_monai.service.config import NodeConfig
+    from vacseg_monai.service.scp import DicomNode
+
+    write_banded_series(tmp_path / "ct", 3)
+    series = read_series(tmp_path / "ct")
+    labels = np.zeros(series.volume.shape[1:], np.uint8)
+    labels[20:30, 20:30, :] = 3
+    rtstruct = write_outputs(labels, series, tmp_path / "rs", "rtstruct")[0]
+    bare = dcmread(rtstruct)
+    del bare.ReferencedFrameOfReferenceSequence
+    for roi in bare.StructureSetROISequence:
+        del roi.ReferencedFrameOfReferenceUID
+    bare.save_as(tmp_path / "bare.dcm", enforce_file_format=True)
+
+    config = NodeConfig(port=0, output_directory=tmp_path / "node", min_free_mb=0,
+                        processor="test_service_support:BandProcessor", log_level="INFO")
+    with DicomNode(config) as node:
+        sent = storescu(node.port, [rtstruct, tmp_path / "bare.dcm"])
+        assert sent.returncode == 0 and sent.stderr.count("Received Store Response (Success)") == 2, sent.stderr
+        assert ECHO_OK in echoscu(node.port).stderr
+        assert node.store.jobs() == []  # no series job was made of them
+    unmatched = tmp_path / "node" / CORRECTIONS_DIR / UNMATCHED_DIR
+    notes = [json.loads(p.read_text()) for p in sorted(unmatched.glob("*.json"))]
+    assert [n["sop_instance_uid"] for n in notes] == [str(dcmread(rtstruct).SOPInstanceUID), str(bare.SOPInstanceUID)]
+    assert notes[0]["series_uids"] == [str(series.series_instance_uid)]
+    assert notes[1]["reason"] == ("it references series (none), frame of reference (none), "
+                                  "which no job of this node has")
+    assert dcmread(unmatched / notes[1]["file"]).StructureSetLabel == bare.StructureSetLabel
