@@ -98,3 +98,22 @@ def test_edit_picture(tmp_path):
     same = edit_metrics({1: node}, {1: node}, SPACING)
     assert save_edit_picture(image, node.astype(np.uint8), node.astype(np.uint8), same, tmp_path / "none.png",
                              title="job y") is None
+
+
+def test_surface_metrics_agree_with_monai_metrics():
+    """One edge computation for both numbers gives what MONAI's two metric functions give."""
+    import torch
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    rng = np.random.default_rng(0)
+    node = square_box(slices=range(1, 8))
+    corrected = node.copy()
+    corrected[10:40, 30:40, 3:6] = rng.random((30, 10, 3)) > 0.3  # a ragged edit
+    spacing = (0.8, 0.8, 2.5)
+    roi = edit_metrics({2: node}, {2: corrected}, spacing).rois[1]
+    p, t = torch.from_numpy(corrected)[None, None], torch.from_numpy(node)[None, None]
+    assert roi.surface_dice == pytest.approx(float(compute_surface_dice(p, t, [2.0], include_background=True,
+                                                                       spacing=spacing)[0, 0]))
+    assert roi.hd95_mm == pytest.approx(float(compute_hausdorff_distance(p, t, include_background=True, percentile=95,
+                                                                         spacing=spacing)[0, 0]))
+    assert 0 < roi.surface_dice < 1 and roi.hd95_mm > 0
