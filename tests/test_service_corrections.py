@@ -201,3 +201,41 @@ def test_unreferenced_structure_sets_received_in_memory_are_kept(tmp_path):
     assert notes[1]["reason"] == ("it references series (none), frame of reference (none), "
                                   "which no job of this node has")
     assert dcmread(unmatched / notes[1]["file"]).StructureSetLabel == bare.StructureSetLabel
+
+
+def test_inbox_matches_by_series_then_frame_of_reference_newest_done_first(tmp_path):
+    from pydicom.dataset import Dataset
+
+    from vacseg_monai.service.corrections import CorrectionInbox, correction_references
+
+    store = JobStore(tmp_path)
+    old = store.create(study_uid="1.2", series_uid="1.2.3", frame_of_reference_uid="1.2.9")
+    for state in (JobState.QUEUED, JobState.INFERRING, JobState.DONE):
+        store.transition(old.job_id, state)
+    store.create(study_uid="1.2", series_uid="1.2.3", frame_of_reference_uid="1.2.9")  # a resend, still receiving
+    other = store.create(study_uid="1.2", series_uid="1.2.4", frame_of_reference_uid="1.2.8")
+    woken = []
+    inbox = CorrectionInbox(store, on_stored=woken.append)
+
+    def structure_set(series_uid: str | None, frame_uid: str | None) -> Dataset:
+        ds = Dataset()
+        ds.SOPInstanceUID = generate_uid()
+        frame = Dataset()
+        if frame_uid:
+            frame.FrameOfReferenceUID = frame_uid
+        if series_uid:
+            series, study = Dataset(), Dataset()
+            series.SeriesInstanceUID = series_uid
+            study.RTReferencedSeriesSequence = [series]
+            frame.RTReferencedStudySequence = [study]
+        ds.ReferencedFrameOfReferenceSequence = [frame]
+        return ds
+
+    assert inbox.match(correction_references(structure_set("1.2.3", "1.2.9"))).job_id == old.job_id
+    assert inbox.match(correction_references(structure_set("1.2.4", None))).job_id == other.job_id
+    # a series the node never saw, in a frame of reference it knows
+    assert inbox.match(correction_references(structure_set("1.2.77", "1.2.8"))).job_id == other.job_id
+    assert inbox.match(correction_references(structure_set("1.2.77", "1.2.78"))) is None
+    stored = inbox.store(structure_set(None, "1.2.9"), b"not really DICOM", calling_aet="TPS")
+    assert stored.job_id == old.job_id and stored.path.read_bytes() == b"not really DICOM"
+    assert stored.path.parent == tmp_path / CORRECTIONS_DIR / old.job_id and woken == [old.job_id]
