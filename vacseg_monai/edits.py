@@ -190,7 +190,8 @@ def _checked_pair(node: np.ndarray, corrected: np.ndarray) -> tuple[np.ndarray, 
     node, corrected = np.asarray(node) != 0, np.asarray(corrected) != 0
     if node.shape != corrected.shape or node.ndim != 3:
         raise ValueError(
-            f"Node mask {node.shape} and corrected mask {corrected.shape} must be equal 3D shapes (rows, cols, n_slices)."
+            f"Node mask {node.shape} and corrected mask {corrected.shape} must be equal 3D shapes "
+            "(rows, cols, n_slices)."
         )
     return node, corrected
 

@@ -156,7 +156,8 @@ class CorrectionInbox:
         if first is None:
             return ""
         try:
-            value = dcmread(first, stop_before_pixels=True, specific_tags=["FrameOfReferenceUID"]).get("FrameOfReferenceUID")
+            header = dcmread(first, stop_before_pixels=True, specific_tags=["FrameOfReferenceUID"])
+            value = header.get("FrameOfReferenceUID")
         except Exception:  # noqa: BLE001 - an unreadable instance just does not match
             logger.warning("Cannot read the frame of reference of job %s from %s", job.job_id, first)
             return ""
@@ -278,7 +279,7 @@ def measure_correction(store: JobStore, job: Job, path: Path, *, picture: bool =
             png = save_edit_picture(series.volume[0].numpy(), result.node_labels, result.corrected_labels,
                                     result.measure, path.with_suffix(".png"), title=f"job {job.job_id}: {path.name}")
             entry["picture"] = png.relative_to(store.root).as_posix() if png is not None else None
-    except ValueError as exc:  # a malformed structure set (or no result to compare with): recorded, logged by the caller
+    except ValueError as exc:  # a malformed structure set, or no result to compare with: the caller logs it
         entry["reason"] = f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # noqa: BLE001 - anything else is recorded too, never fatal
         logger.exception("Correction %s of job %s cannot be measured", path, job.job_id)

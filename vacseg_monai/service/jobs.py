@@ -259,7 +259,9 @@ class JobStore:
         """Directory where the processor writes its outputs."""
         return self.job_dir(job_id) / "output"
 
-    def create(self, *, study_uid: str, series_uid: str, calling_aet: str = "", frame_of_reference_uid: str = "") -> Job:
+    def create(
+        self, *, study_uid: str, series_uid: str, calling_aet: str = "", frame_of_reference_uid: str = ""
+    ) -> Job:
         """Create a new job in state ``received`` with an empty series directory.
 
         Args:
