@@ -12,7 +12,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ from test_service_support import (
     needs_dcmtk,
     storescu,
     wait_until,
+    edited_structure_set as edited,
     write_banded_series,
 )
 from vacseg_monai.service.corrections import CORRECTIONS_DIR, UNMATCHED_DIR
@@ -41,41 +41,6 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def edited(source: Path, out: Path, roi_name: str | None = None, scale: float = 1.0, *, dz: float = 0.0,
-           drop_contours: bool = False, references: tuple[str, str] | None = None) -> Path:
-    """A copy of the node's RTSTRUCT as a planning system would send it back, edited.
-
-    ``roi_name``'s contours are scaled in-plane by ``scale`` about their centre and moved by ``dz`` mm;
-    ``drop_contours`` removes the ROIContourSequence; ``references`` (series, frame of reference)
-    replaces what it refers to.
-    """
-    ds = dcmread(source)
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.StructureSetLabel = "Reviewed"
-    numbers = {int(roi.ROINumber): str(roi.ROIName) for roi in ds.StructureSetROISequence}
-    for roi_contour in ds.ROIContourSequence:
-        if numbers[int(roi_contour.ReferencedROINumber)] != roi_name:
-            continue
-        for contour in roi_contour.ContourSequence:
-            points = np.asarray(contour.ContourData, dtype=np.float64).reshape(-1, 3)
-            centre = points[:, :2].mean(axis=0)
-            points[:, :2] = centre + (points[:, :2] - centre) * scale
-            points[:, 2] += dz
-            contour.ContourData = [f"{v:.3f}" for v in points.ravel()]
-    if drop_contours:
-        del ds.ROIContourSequence
-    if references is not None:
-        series_uid, frame_uid = references
-        frame = ds.ReferencedFrameOfReferenceSequence[0]
-        frame.FrameOfReferenceUID = frame_uid
-        frame.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0].SeriesInstanceUID = series_uid
-        for roi in ds.StructureSetROISequence:
-            roi.ReferencedFrameOfReferenceUID = frame_uid
-    ds.save_as(out, enforce_file_format=True)
-    return out
 
 
 def measured(store: JobStore, job_id: str, n: int):
