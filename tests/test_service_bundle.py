@@ -30,6 +30,7 @@ from test_service_support import (
     NodeProcess,
     StoreSCP,
     echoscu,
+    edited_structure_set,
     free_port,
     needs_dcmtk,
     storescu,
@@ -356,3 +357,24 @@ def test_kill_9_while_exporting_then_destination_up_after_10_s(tmp_path):
         if restarted is not None:
             restarted.stop()
         destination.stop()
+
+
+def test_a_corrected_structure_set_is_measured_against_the_models(tmp_path, node):
+    """The shipped model's RTSTRUCT, its Vacbag redrawn 15 % wider and sent back with storescu: measured."""
+    phantom = write_phantom_series(1001, tmp_path, n_slices=12)
+    assert storescu(node.port, phantom.ct_files, timeout=120).returncode == 0
+    store = JobStore(node.output_directory)
+    job = wait_job_final(store, str(read_series(phantom.ct_dir).series_instance_uid), timeout=150)
+    assert job.state is JobState.DONE, job.reason
+    own = next(store.job_dir(job.job_id) / p for p in job.outputs if Path(p).name.startswith("RS."))
+    sent = storescu(node.port, [edited_structure_set(own, tmp_path / "reviewed.dcm", "Vacbag", 1.15)])
+    assert store_statuses(sent.stderr) == ["Success"], sent.stderr
+    record = wait_until(lambda: (j := store.load(job.job_id)).corrections and j, 60, "the correction measured")
+    entry = record.corrections[0]
+    assert entry["status"] == "measured" and record.correction == entry["file"], entry["reason"]
+    rois = {roi["roi"]: roi for roi in entry["rois"]}
+    assert rois["Vacbag"]["dice"] < 0.95 and rois["Vacbag"]["added_path_mm"] > 100, rois["Vacbag"]
+    assert rois["Vacbag"]["volume_change_cm3"] > 0
+    for name in ("Couch", "Body"):
+        assert (rois[name]["dice"], rois[name]["added_path_mm"]) == (1.0, 0.0), rois[name]
+    assert ECHO_OK in echoscu(node.port).stderr

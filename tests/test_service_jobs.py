@@ -87,3 +87,24 @@ def test_move_atomic_renames_on_one_file_system_and_copies_across(tmp_path):
         assert [p.name for p in (tmp_path / "series").iterdir() if p.name.startswith(".")] == []  # no temp left
     finally:
         shutil.rmtree(other, ignore_errors=True)
+
+
+def test_format_status_shows_the_latest_correction(tmp_path):
+    store = JobStore(tmp_path)
+    job = store.create(study_uid="1.2", series_uid="1.2.3")
+    store.transition(job.job_id, JobState.QUEUED, n_instances=1)
+    store.transition(job.job_id, JobState.INFERRING)
+    store.transition(job.job_id, JobState.DONE)
+    rois = [{"roi": "Vacbag", "status": "edited", "dice": 0.8712, "added_path_mm": 45.2},
+            {"roi": "Couch", "status": "unchanged", "dice": 1.0, "added_path_mm": 0.0},
+            {"roi": "Body", "status": "edited", "dice": 0.99, "added_path_mm": 3.0}]
+    entries = [{"file": "corrections/x/1.dcm", "status": "measured", "rois": rois},
+               {"file": "corrections/x/2.dcm", "status": "measured", "rois": rois}]
+    store.update(job.job_id, corrections=entries, correction="corrections/x/2.dcm")
+    assert "#2 Vacbag 0.87 +45mm" in format_status(store.jobs())
+    store.update(job.job_id, corrections=[*entries, {"file": "corrections/x/3.dcm", "status": "failed"}],
+                 correction="corrections/x/3.dcm")
+    assert "#3 failed" in format_status(store.jobs())
+    assert store.load(job.job_id).state is JobState.DONE
+    with pytest.raises(JobStateError, match="cannot set field 'state'"):
+        store.update(job.job_id, state="failed")

@@ -246,3 +246,74 @@ class NodeProcess:
         code = self.proc.poll()
         self.kill9()  # the worker too, should it outlive the SCP
         return code
+
+
+def write_banded_series(out_dir: Path, n_slices: int = 6) -> list[Path]:
+    """A 64x64 CT series with three HU bands that :class:`BandProcessor` turns into Body, Vacbag and Couch."""
+    from vacseg_monai.dicom.synthetic import write_ct_series
+
+    image = np.full((64, 64, n_slices), -1000, np.int16)
+    image[14:40, 16:48, :] = 40  # Body
+    image[40:46, 10:54, :] = -800  # Vacbag under it
+    image[48:53, 4:60, :] = 350  # Couch
+    return write_ct_series(image, out_dir, pixel_spacing=(1.0, 1.0), slice_thickness=2.5,
+                           study_instance_uid=generate_uid(), series_instance_uid=generate_uid(),
+                           series_description="Banded CT")
+
+
+class BandProcessor:
+    """Contours by HU bands (Body -100..100, Vacbag -900..-600, Couch 200..500) and writes the project's RTSTRUCT.
+
+    A stand-in for the network that gives known contours; the reading, the writing and the node are the real ones.
+    """
+
+    def __init__(self, *, root_uid: str | None = None, **_: object) -> None:
+        self.root_uid = root_uid
+
+    def __call__(self, series_dir: Path, job_dir: Path) -> list[Path]:
+        from vacseg_monai.dicom.outputs import DEFAULT_ROOT_UID, write_outputs
+        from vacseg_monai.dicom.series import read_series
+
+        series = read_series(series_dir)
+        hu = series.volume[0].numpy()
+        labels = np.zeros(hu.shape, np.uint8)
+        labels[(hu > -100) & (hu < 100)] = 3
+        labels[(hu > -900) & (hu < -600)] = 1
+        labels[(hu > 200) & (hu < 500)] = 2
+        return write_outputs(labels, series, job_dir / "output", "rtstruct", self.root_uid or DEFAULT_ROOT_UID)
+
+
+def edited_structure_set(source: Path, out: Path, roi_name: str | None = None, scale: float = 1.0, *,
+                         dz: float = 0.0, drop_contours: bool = False,
+                         references: tuple[str, str] | None = None) -> Path:
+    """A copy of the node's RTSTRUCT as a planning system would send it back, edited.
+
+    ``roi_name``'s contours are scaled in-plane by ``scale`` about their centre and moved by ``dz`` mm;
+    ``drop_contours`` removes the ROIContourSequence; ``references`` (series, frame of reference)
+    replaces what it refers to.
+    """
+    ds = dcmread(source)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.StructureSetLabel = "Reviewed"
+    numbers = {int(roi.ROINumber): str(roi.ROIName) for roi in ds.StructureSetROISequence}
+    for roi_contour in ds.ROIContourSequence:
+        if numbers[int(roi_contour.ReferencedROINumber)] != roi_name:
+            continue
+        for contour in roi_contour.ContourSequence:
+            points = np.asarray(contour.ContourData, dtype=np.float64).reshape(-1, 3)
+            centre = points[:, :2].mean(axis=0)
+            points[:, :2] = centre + (points[:, :2] - centre) * scale
+            points[:, 2] += dz
+            contour.ContourData = [f"{v:.3f}" for v in points.ravel()]
+    if drop_contours:
+        del ds.ROIContourSequence
+    if references is not None:
+        series_uid, frame_uid = references
+        frame = ds.ReferencedFrameOfReferenceSequence[0]
+        frame.FrameOfReferenceUID = frame_uid
+        frame.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0].SeriesInstanceUID = series_uid
+        for roi in ds.StructureSetROISequence:
+            roi.ReferencedFrameOfReferenceUID = frame_uid
+    ds.save_as(out, enforce_file_format=True)
+    return out

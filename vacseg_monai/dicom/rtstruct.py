@@ -356,11 +356,14 @@ class RTStructContents:
         labels: label map ``(rows, cols, n_slices)`` uint8 on the CT grid.
         roi_labels: ROI name -> label number, for every ROI that was rasterised.
         skipped_rois: names of ROIs that matched no label (not rasterised).
+        masks: label number -> bool mask ``(rows, cols, n_slices)`` of every ROI mapped to it, before the
+            overlap rule: where ROIs overlap, each keeps its own voxels (what edit metrics compare).
     """
 
     labels: np.ndarray
     roi_labels: dict[str, int] = field(default_factory=dict)
     skipped_rois: list[str] = field(default_factory=list)
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def normalize_roi_name(name: str) -> str:
@@ -517,6 +520,7 @@ def read_rtstruct_contents(
         result.roi_labels[name] = value
     for value in sorted(masks, reverse=True):
         result.labels[masks[value]] = value
+    result.masks = masks
     return result
 
 

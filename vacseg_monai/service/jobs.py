@@ -107,6 +107,10 @@ class Job:
         attempts: how many times inference was started (a crash loop guard).
         history: ``{"state", "time"}`` entries, oldest first.
         quality: the result's quality block (:meth:`vacseg_monai.quality.QualityReport.as_dict`), once scored.
+        frame_of_reference_uid: FrameOfReferenceUID of the first instance ("" when it had none).
+        corrections: one entry per corrected structure set received for this job, oldest first
+            (:mod:`vacseg_monai.service.corrections`): file, status, edit metrics per ROI.
+        correction: the file of the latest correction (the one that supersedes the others), or None.
     """
 
     job_id: str
@@ -122,6 +126,9 @@ class Job:
     attempts: int = 0
     history: list[dict] = field(default_factory=list)
     quality: dict | None = None
+    frame_of_reference_uid: str = ""
+    corrections: list[dict] = field(default_factory=list)
+    correction: str | None = None
 
     def to_dict(self) -> dict:
         """Return the JSON-serialisable record."""
@@ -252,13 +259,16 @@ class JobStore:
         """Directory where the processor writes its outputs."""
         return self.job_dir(job_id) / "output"
 
-    def create(self, *, study_uid: str, series_uid: str, calling_aet: str = "") -> Job:
+    def create(
+        self, *, study_uid: str, series_uid: str, calling_aet: str = "", frame_of_reference_uid: str = ""
+    ) -> Job:
         """Create a new job in state ``received`` with an empty series directory.
 
         Args:
             study_uid: sanitised StudyInstanceUID.
             series_uid: sanitised SeriesInstanceUID.
             calling_aet: AE title of the sender (default "").
+            frame_of_reference_uid: FrameOfReferenceUID of the series (default "").
         """
         now = time.time()
         job_id = f"{time.time_ns():020d}-{secrets.token_hex(3)}"
@@ -267,6 +277,7 @@ class JobStore:
             study_uid=study_uid,
             series_uid=series_uid,
             calling_aet=calling_aet,
+            frame_of_reference_uid=frame_of_reference_uid,
             created=now,
             updated=now,
             history=[{"state": JobState.RECEIVED.value, "time": now}],
@@ -343,6 +354,27 @@ class JobStore:
         log("Job %s -> %s%s", job_id, state.value, f" ({reason})" if reason else "")
         return job
 
+    def update(self, job_id: str, **fields) -> Job:
+        """Change fields of a job's record without changing its state, and persist it atomically.
+
+        Only the party that owns the job at the time may call it (the worker, for the corrections of a
+        finished job).
+
+        Args:
+            job_id: the job to change.
+            **fields: :class:`Job` fields to set (not ``job_id``, ``state`` or ``history``).
+
+        Raises:
+            JobStateError: if the record cannot be read or a field cannot be set.
+        """
+        job = self.load(job_id)
+        for key, value in fields.items():
+            if key not in Job.__dataclass_fields__ or key in ("job_id", "state", "history"):
+                raise JobStateError(f"Job {job_id}: cannot set field {key!r}.")
+            setattr(job, key, value)
+        self.save(job)
+        return job
+
     def jobs(self) -> list[Job]:
         """All readable jobs in arrival order; unreadable records are logged and skipped."""
         result = []
@@ -373,19 +405,41 @@ def _quality_column(quality: dict | None) -> str:
     return " ".join(f"{n} {structures[n]['score']:.2f}{'!' if structures[n]['flagged'] else ''}" for n in order)
 
 
+def _edits_column(job: Job) -> str:
+    """``"#2 Vacbag 0.87 +45mm"``: how many corrections, and the most edited structure of the latest.
+
+    That structure is the one with the longest added path; its Dice follows. ``"#1 none"`` when the
+    latest correction changed nothing, ``"#1 failed"`` or ``"#1 pending"`` when it was not measured.
+    """
+    if not job.corrections:
+        return "-"
+    latest = next((e for e in job.corrections if e.get("file") == job.correction), job.corrections[-1])
+    count = f"#{len(job.corrections)}"
+    if latest.get("status") != "measured":
+        return f"{count} {latest.get('status', 'pending')}"
+    edited = [r for r in latest.get("rois", []) if r.get("dice") is not None and r.get("status") != "unchanged"]
+    if not edited:
+        return f"{count} none"
+    top = max(edited, key=lambda r: (r.get("added_path_mm") or 0.0, -(r.get("dice") or 0.0)))
+    return f"{count} {top['roi']} {top['dice']:.2f} +{top.get('added_path_mm') or 0.0:.0f}mm"
+
+
 def format_status(jobs: list[Job]) -> str:
     """Return a plain-text table of jobs for ``serve_scp.py --status``.
+
+    The EDITS column shows the corrections received for a job (see :func:`_edits_column`).
 
     Args:
         jobs: jobs to list, usually :meth:`JobStore.jobs`.
     """
-    header = f"{'JOB':<27} {'STATE':<9} {'N':>4} {'UPDATED':<19} {'SERIES':<40} {'QUALITY':<34} REASON"
+    header = (f"{'JOB':<27} {'STATE':<9} {'N':>4} {'UPDATED':<19} {'SERIES':<40} {'QUALITY':<34} "
+              f"{'EDITS':<22} REASON")
     lines = [header]
     for job in jobs:
         updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.updated))
         lines.append(
             f"{job.job_id:<27} {job.state.value:<9} {job.n_instances:>4} {updated:<19} "
-            f"{job.series_uid:<40} {_quality_column(job.quality):<34} {job.reason or ''}"
+            f"{job.series_uid:<40} {_quality_column(job.quality):<34} {_edits_column(job):<22} {job.reason or ''}"
         )
     if not jobs:
         lines.append("(no jobs)")

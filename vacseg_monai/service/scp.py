@@ -13,6 +13,11 @@ or ``series_timeout`` seconds after that if nothing more arrives, so a sender
 may spread a series over several associations. The complete job is marked
 ``queued`` on disk and the worker process is woken.
 
+An RT Structure Set is not a series to contour but a correction of one the node
+contoured: :class:`~vacseg_monai.service.corrections.CorrectionInbox` stores it (fsync'ed
+before the acknowledgement too) under ``corrections/<job_id>/`` or, when it matches no
+job, ``corrections/unmatched/``, and wakes the worker, which measures the edit.
+
 Handlers receive their dependencies through the ``evt_handlers`` binding
 arguments; there is no module state.
 """
@@ -38,8 +43,10 @@ from pydicom import Dataset, dcmread
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 
+from vacseg_monai.dicom.rtstruct import RTSTRUCT_SOP_CLASS_UID
 from vacseg_monai.dicom.series import DEFER_SIZE
 from vacseg_monai.service.config import NodeConfig
+from vacseg_monai.service.corrections import CorrectionInbox
 from vacseg_monai.service.jobs import JobState, JobStore, fsync_file, move_atomic, write_atomic
 from vacseg_monai.service.review import ControlListener
 from vacseg_monai.service.uids import InvalidUIDError, sanitize_uid
@@ -150,6 +157,7 @@ class SeriesAssembler:
         data: bytes | Path,
         *,
         synced: bool = False,
+        frame_of_reference_uid: str = "",
     ) -> bool:
         """Write one instance durably into its series job.
 
@@ -163,6 +171,7 @@ class SeriesAssembler:
                 which is moved into the job (renamed when on the same file system).
             synced: True if the file ``data`` is already fsync'ed (:func:`~vacseg_monai.service.jobs.fsync_file`);
                 its rename into the job is still synced here.
+            frame_of_reference_uid: the instance's FrameOfReferenceUID, recorded on a new job (default "").
 
         Returns:
             True if written, False if it was a duplicate of an instance already
@@ -176,7 +185,8 @@ class SeriesAssembler:
         with self._lock:
             series = self._open.get(key)
             if series is None:
-                job = self.store.create(study_uid=study_uid, series_uid=series_uid, calling_aet=calling_aet)
+                job = self.store.create(study_uid=study_uid, series_uid=series_uid, calling_aet=calling_aet,
+                                        frame_of_reference_uid=frame_of_reference_uid)
                 series = self._open[key] = _OpenSeries(job.job_id)
                 opened = job.job_id
             if series.timer is not None:
@@ -313,12 +323,14 @@ def _pixel_data_problem(ds, transfer_syntax) -> str | None:
     return None
 
 
-def handle_store(event: evt.Event, assembler: SeriesAssembler) -> int:
+def handle_store(event: evt.Event, assembler: SeriesAssembler, inbox: CorrectionInbox | None = None) -> int:
     """EVT_C_STORE handler: store durably, then acknowledge.
 
     Args:
         event: the pynetdicom event.
         assembler: the node's :class:`SeriesAssembler` (bound via ``evt_handlers``).
+        inbox: where RT Structure Sets go, as corrections (default None: they are stored as series,
+            and fail in the worker as not CT).
 
     Returns:
         A :class:`StoreStatus` value.
@@ -339,7 +351,7 @@ def handle_store(event: evt.Event, assembler: SeriesAssembler) -> int:
     # in a file, preceded by file meta. Its header (pixel data left on disk) is parsed on a helper thread
     # while this one fsyncs the file.
     if event.dataset_path is None:
-        return _check_and_store(event, assembler, peer, lambda: event.dataset, None, None)
+        return _check_and_store(event, assembler, peer, lambda: event.dataset, None, None, inbox)
     received = Path(event.dataset_path)
     header = assembler.read_header_beside(received)
     try:
@@ -348,7 +360,7 @@ def handle_store(event: evt.Event, assembler: SeriesAssembler) -> int:
         sync_error = exc
     else:
         sync_error = None
-    return _check_and_store(event, assembler, peer, header.result, received, sync_error)
+    return _check_and_store(event, assembler, peer, header.result, received, sync_error, inbox)
 
 
 def _check_and_store(
@@ -358,6 +370,7 @@ def _check_and_store(
     load: Callable[[], Dataset],
     received: Path | None,
     sync_error: OSError | None,
+    inbox: CorrectionInbox | None = None,
 ) -> int:
     """The checks and the durable store of :func:`handle_store`; returns its status.
 
@@ -365,12 +378,17 @@ def _check_and_store(
     fsync'ed unless ``sync_error`` says why not, or None when the data set was received into memory.
     """
     assoc = event.assoc
+    structure_set = inbox is not None and event.context.abstract_syntax == RTSTRUCT_SOP_CLASS_UID
     try:
         ds = load()
         raw = {name: ds.get(name) for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
     except Exception:
         logger.exception("Cannot decode the data set sent by %s", peer)
+        if structure_set:  # kept, with the reason, though refused
+            _store_correction(event, inbox, peer, None, received, sync_error, problem="it cannot be decoded")
         return StoreStatus.CANNOT_UNDERSTAND
+    if inbox is not None and (structure_set or ds.get("SOPClassUID") == RTSTRUCT_SOP_CLASS_UID):
+        return _store_correction(event, inbox, peer, ds, received, sync_error)
     missing = [name for name, value in raw.items() if value in (None, "")]
     if missing:
         logger.error("Refusing instance from %s: missing %s", peer, ", ".join(missing))
@@ -395,6 +413,7 @@ def _check_and_store(
         written = assembler.store_instance(
             id(assoc), assoc.requestor.ae_title, uids["StudyInstanceUID"], uids["SeriesInstanceUID"],
             uids["SOPInstanceUID"], data, synced=received is not None,
+            frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
         )
     except OSError:
         logger.exception("Cannot write instance %s from %s", uids["SOPInstanceUID"], peer)
@@ -406,6 +425,31 @@ def _check_and_store(
         logger.info("Duplicate instance %s from %s ignored", uids["SOPInstanceUID"], peer)
     else:
         logger.debug("Stored %s of series %s", uids["SOPInstanceUID"], uids["SeriesInstanceUID"])
+    return StoreStatus.SUCCESS
+
+
+def _store_correction(
+    event: evt.Event,
+    inbox: CorrectionInbox,
+    peer: str,
+    ds: Dataset | None,
+    received: Path | None,
+    sync_error: OSError | None,
+    problem: str | None = None,
+) -> int:
+    """Store an RT Structure Set as a correction (see :func:`_check_and_store` for the arguments)."""
+    try:
+        if sync_error is not None:
+            raise sync_error
+        data = received if received is not None else event.encoded_dataset(include_meta=True)
+        inbox.store(ds, data, synced=received is not None, calling_aet=event.assoc.requestor.ae_title,
+                    problem=problem)
+    except OSError:
+        logger.exception("Cannot write the structure set from %s", peer)
+        return StoreStatus.WRITE_FAILED
+    except Exception:
+        logger.exception("Unexpected failure storing the structure set from %s", peer)
+        return StoreStatus.PROCESSING_FAILURE
     return StoreStatus.SUCCESS
 
 
@@ -477,6 +521,7 @@ class DicomNode:
             self.store, self.worker.submit, series_timeout=config.series_timeout, min_free_mb=config.min_free_mb,
             on_open=self.worker.notify_receiving,
         )
+        self.corrections = CorrectionInbox(self.store, on_stored=self.worker.submit_correction)
         self._server = None
         self._stop = threading.Event()
         # `serve_scp.py --approve JOB` in another process wakes the worker through this socket.
@@ -517,7 +562,7 @@ class DicomNode:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         handlers = [
-            (evt.EVT_C_STORE, handle_store, [self.assembler]),
+            (evt.EVT_C_STORE, handle_store, [self.assembler, self.corrections]),
             (evt.EVT_REQUESTED, handle_requested, [cfg.allowed_aet, cfg.allowed_host]),
             (evt.EVT_RELEASED, handle_association_end, [self.assembler]),
             (evt.EVT_ABORTED, handle_association_end, [self.assembler]),

@@ -15,6 +15,11 @@ The SCP also tells the worker when a series starts to arrive. While it waits,
 the worker hands such a series' folder to the processor's optional ``prefetch``
 hook, which reads and decodes the files already there, so that the job's own
 read, once the series is complete, mostly checks and assembles them.
+
+Between jobs the worker also measures the corrections the SCP stored (corrected RT
+Structure Sets sent back by the planning system,
+:func:`~vacseg_monai.service.corrections.measure_pending_corrections`): at start, when
+the SCP says one arrived, and after each job it finished.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ MAX_ATTEMPTS = 3
 QUALITY_FILE = "quality.json"
 #: Message tag: the SCP started receiving a job (``(RECEIVING, job_id)`` on the worker's pipe).
 RECEIVING = "receiving"
+#: Message tag: the SCP stored a correction of a job (``(CORRECTION, job_id)``).
+CORRECTION = "correction"
 #: Seconds the worker waits for a message between looks at series that are still arriving.
 PREFETCH_POLL_S = 0.05
 
@@ -352,12 +359,17 @@ def worker_main(config: NodeConfig, conn: multiprocessing.connection.Connection,
     if ready is not None:
         ready.set()
     receiving: list[str] = []  # jobs the SCP is still receiving, for `prefetch`
+    corrections = True  # stored corrections may wait from a previous run
     while True:
         for job in store.in_states(*PENDING_STATES):
             try:
                 process_job(store, job.job_id, processor, config)
             except Exception:
                 logger.exception("Unexpected error in job %s; it stays %s", job.job_id, job.state.value)
+            corrections = True  # a correction that waited for this job's result can be measured now
+        if corrections:
+            corrections = False
+            _measure_corrections(store)
         try:
             message = _next_message(conn, store, processor, receiving)
         except (EOFError, OSError):
@@ -366,6 +378,17 @@ def worker_main(config: NodeConfig, conn: multiprocessing.connection.Connection,
             return
         if isinstance(message, tuple) and message[0] == RECEIVING and message[1] not in receiving:
             receiving.append(message[1])
+        elif isinstance(message, tuple) and message[0] == CORRECTION:
+            corrections = True
+
+
+def _measure_corrections(store: JobStore) -> None:
+    from vacseg_monai.service.corrections import measure_pending_corrections
+
+    try:
+        measure_pending_corrections(store)
+    except Exception:  # noqa: BLE001 - a correction never stops the worker; its files stay for the next look
+        logger.exception("Measuring the stored corrections failed")
 
 
 def _next_message(conn: multiprocessing.connection.Connection, store: JobStore, processor: Processor,
@@ -477,6 +500,14 @@ class WorkerProcess:
                     self._conn.send(message)
             except OSError:
                 logger.warning("Worker not reachable; %s stays on disk", message)
+
+    def submit_correction(self, job_id: str) -> None:
+        """Wake the worker: a correction of ``job_id`` is stored on disk, to be measured.
+
+        Args:
+            job_id: the job corrected.
+        """
+        self._send((CORRECTION, job_id))
 
     def submit(self, job_id: str) -> None:
         """Wake the worker: ``job_id`` is queued on disk.
