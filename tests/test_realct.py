@@ -205,15 +205,22 @@ def test_a_real_scan_becomes_a_hard_negative_patient(key, tmp_path):
     hu = source.image[0].numpy()
     (patient,) = discover_patients(tmp_path / "data")
     assert (patient.patient_id, patient.layout, patient.annotated) == (f"real_{key}", "npy", ("Vacbag", "Body"))
-    assert (patient.rows, patient.cols, patient.n_slices) == hu.shape == hard.shape
+    side = max(hu.shape[:2])  # slices padded with air to a square, so that training's resize does not stretch them
+    assert (patient.rows, patient.cols, patient.n_slices) == hard.shape == (side, side, hu.shape[2])
     assert patient.n_slices >= 10
     image = np.stack([load_slice(f)[0] for f in patient.image_files], axis=-1)
     labels = np.stack([load_slice(f)[0] for f in patient.label_files], axis=-1)
     assert image.dtype == np.int16 and labels.dtype == np.uint8
-    assert np.array_equal(image, np.rint(hu))
+    top, left = (side - hu.shape[0]) // 2, (side - hu.shape[1]) // 2
+    inner = (slice(top, top + hu.shape[0]), slice(left, left + hu.shape[1]))
+    padding = np.ones(image.shape, dtype=bool)
+    padding[inner] = False
+    assert np.array_equal(image[inner], np.rint(hu))
+    assert (image[padding] == realct.HARD_NEGATIVE_PAD_HU).all()
     assert set(np.unique(labels)) == {0, BODY}
     body = labels == BODY
-    assert dice(body, realct.reference_body(hu, source.spacing)) == 1.0
+    assert dice(body[inner], realct.reference_body(hu, source.spacing)) == 1.0
+    assert not body[padding].any()
     assert hard.body_cm3 == pytest.approx(np.count_nonzero(body) * np.prod(source.spacing) / 1000)
     assert 10_000 < hard.body_cm3 < 30_000  # an adult trunk
     # HU as a scanner writes them: air outside, fat and soft tissue inside, bone, padding no lower than -3024.

@@ -72,6 +72,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HARD_NEGATIVE_ANNOTATED",
+    "HARD_NEGATIVE_PAD_HU",
     "MAX_COUCH_INSIDE_SHARE",
     "MAX_VACBAG_CM3",
     "MIN_BODY_DICE",
@@ -111,6 +112,8 @@ TRAINING_SCANS: frozenset[str] = frozenset()
 #: Labels a hard-negative patient's annotation covers: Body (the reference body) and Vacbag (known absent);
 #: the Couch is unknown, so training does not teach it as background there.
 HARD_NEGATIVE_ANNOTATED = ("Vacbag", "Body")
+#: HU of the air a non-square hard negative is padded with to a square slice.
+HARD_NEGATIVE_PAD_HU = -1000
 
 # The project's display order, as nibabel axis codes: rows run to the patient's posterior, columns to
 # the patient's left, slices to superior (a head-first-supine DICOM series; the couch at high rows).
@@ -495,7 +498,7 @@ class HardNegative:
     Attributes:
         key: the scan's key in :data:`vacseg_monai.public_data.SCANS`.
         patient_dir: the patient folder written (npy layout).
-        shape: (rows, cols, n_slices) as written.
+        shape: (rows, cols, n_slices) as written (square slices: the scan's, padded with air if it is not square).
         spacing: (row, col, slice) spacing in mm of the scan (not stored: the npy layout carries none).
         body_cm3: volume of the Body label.
     """
@@ -516,7 +519,13 @@ def _hard_negative_volume(
         hu = source.image[0].cpu().numpy()
         spacing = source.spacing
     info = np.iinfo(np.int16)
-    return np.clip(np.rint(hu), info.min, info.max).astype(np.int16), spacing
+    image = np.clip(np.rint(hu), info.min, info.max).astype(np.int16)
+    # Volumes cropped to the body (NIfTI exports) are not square; training resizes every slice to a square, which
+    # would stretch them. Air on both sides makes the slice square, as a scanner's field of view is.
+    rows, cols = image.shape[:2]
+    extra_rows, extra_cols = max(cols - rows, 0), max(rows - cols, 0)
+    pad = ((extra_rows // 2, extra_rows - extra_rows // 2), (extra_cols // 2, extra_cols - extra_cols // 2), (0, 0))
+    return np.pad(image, pad, constant_values=HARD_NEGATIVE_PAD_HU), spacing
 
 
 def write_hard_negative(
@@ -527,7 +536,8 @@ def write_hard_negative(
     The scan is read as the check reads it (:func:`load_real_scan`: NIfTI and NRRD brought to the display
     order, a DICOM series stored with the couch at the top flipped), so that its slices lie as the phantoms'
     do: couch at the bottom, the patient's left at the image right. It keeps its own in-plane grid (training
-    resizes every slice) and is written with :func:`vacseg_monai.datasets.write_npy_patient`: HU as int16,
+    resizes every slice), padded with air (:data:`HARD_NEGATIVE_PAD_HU`) to a square slice where it is cropped
+    to the body, so that the resize does not stretch it. It is written with :func:`vacseg_monai.datasets.write_npy_patient`: HU as int16,
     Body = :func:`reference_body`, everything else 0, annotated as :data:`HARD_NEGATIVE_ANNOTATED` (Vacbag
     known absent, Couch unknown).
 
