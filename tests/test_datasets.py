@@ -342,7 +342,14 @@ def test_finetune_replays_a_share_of_the_project_data_in_training_only(tmp_path)
     assert {it["patient"] for it in replayed} <= {"replay/ph0", "replay/ph1", "replay/ph2"}
     assert all("/phantoms/" in it["image"] for it in replayed)
     assert finetune_datalists(tmp_path / "clinic", tmp_path / "phantoms", 0.2, k_folds=5) == mixed  # seeded
-    with pytest.raises(ValueError, match=r"`replay_share` must be in \[0, 1\), got 1.0"):
+    for p in range(2):
+        make_npy_patient(tmp_path / "negatives", f"n{p}", indices=range(2))
+    two = finetune_datalists(tmp_path / "clinic", [tmp_path / "phantoms", tmp_path / "negatives"], [0.2, 0.4])
+    from_negatives = [it for it in two["train"] if "/negatives/" in it["image"]]
+    assert len(two["train"]) == 40 and len(from_negatives) == 16  # 16 + 8 + 16: shares 0.2 and 0.4 of 40
+    with pytest.raises(ValueError, match=r"`replay_share` must be in \[0, 1\) and sum below 1, got 1.0"):
         finetune_datalists(tmp_path / "clinic", tmp_path / "phantoms", replay_share=1.0)
-    with pytest.raises(ValueError, match="`replay_share` is 0.3 but no `replay_dir` was given"):
+    with pytest.raises(ValueError, match=r"sum below 1, got \[0.5, 0.5\]"):
+        finetune_datalists(tmp_path / "clinic", [tmp_path / "phantoms"] * 2, replay_share=[0.5, 0.5])
+    with pytest.raises(ValueError, match="`replay_share` 0.3 needs one `replay_dir` per share, got None"):
         finetune_datalists(tmp_path / "clinic", None, replay_share=0.3)

@@ -513,53 +513,60 @@ def fold_datalists(
 
 def finetune_datalists(
     data_dir: str | os.PathLike[str],
-    replay_dir: str | os.PathLike[str] | None = None,
-    replay_share: float = 0.0,
+    replay_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    replay_share: float | Sequence[float] = 0.0,
     k_folds: int = 5,
     k_fold_index: int = 0,
     train_slice_stride: int = 1,
     seed: int = 0,
 ) -> dict[str, list[dict[str, Any]]]:
-    """:func:`fold_datalists` of ``data_dir`` with a replay share of slices from ``replay_dir`` in training.
+    """:func:`fold_datalists` of ``data_dir`` with shares of slices from other folders mixed into training.
 
     Fine-tuning on a clinic's own patients alone can make the model forget what it knew; mixing in slices of the
-    data it was trained on (the project's phantoms) keeps it. Validation stays on ``data_dir``'s fold, the data
-    being tuned for.
+    data it was trained on (the project's phantoms) keeps it. The same mechanism mixes in real scans without a
+    bag as hard negatives. Validation stays on ``data_dir``'s fold, the data being tuned for.
 
     Args:
         data_dir: the fine-tuning data (for example a clinic's corrections).
-        replay_dir: the data to replay, or ``None`` for none.
-        replay_share: the share of replayed slices among the training slices, in ``[0, 1)``. Defaults to 0.
-        k_folds, k_fold_index, train_slice_stride: as for :func:`fold_datalists`; the stride applies to both.
-        seed: seed of the choice of replayed slices. Defaults to 0.
+        replay_dir: a folder to mix in, a list of them, or ``None`` for none.
+        replay_share: the share of each folder's slices among all training slices (one number per folder), each
+            in ``[0, 1)`` and together below 1. Defaults to 0.
+        k_folds, k_fold_index, train_slice_stride: as for :func:`fold_datalists`; the stride applies to
+            ``data_dir`` only, the mixed-in slices are drawn from every slice of their folder.
+        seed: seed of the choice of mixed-in slices. Defaults to 0.
 
     Returns:
-        ``{"train": [...], "validation": [...]}``; replayed items carry the patient id ``replay/<id>``.
+        ``{"train": [...], "validation": [...]}``; mixed-in items carry the patient id ``replay/<id>``.
 
     Raises:
-        ValueError: for a share outside ``[0, 1)``, or a share without a ``replay_dir``.
+        ValueError: for shares outside ``[0, 1)`` or summing to 1 or more, or shares and folders that do not pair.
         DataLayoutError: see :func:`discover_patients`.
     """
-    share = float(replay_share)
-    if not 0.0 <= share < 1.0:
-        raise ValueError(f"`replay_share` must be in [0, 1), got {replay_share}.")
-    lists = fold_datalists(data_dir, k_folds, k_fold_index, train_slice_stride)
-    if share == 0.0:
-        return lists
     if replay_dir is None:
-        raise ValueError(f"`replay_share` is {share} but no `replay_dir` was given.")
-    pool = [
-        item | {"patient": f"replay/{item['patient']}"}
-        for item in slice_items(discover_patients(replay_dir))[:: int(train_slice_stride)]
-    ]
-    wanted = round(len(lists["train"]) * share / (1.0 - share))
+        folders: list[str | os.PathLike[str]] = []
+    else:
+        folders = [replay_dir] if isinstance(replay_dir, (str, os.PathLike)) else list(replay_dir)
+    shares = [float(replay_share)] if isinstance(replay_share, (int, float)) else [float(v) for v in replay_share]
+    if any(not 0.0 <= v < 1.0 for v in shares) or sum(shares) >= 1.0:
+        raise ValueError(f"`replay_share` must be in [0, 1) and sum below 1, got {replay_share}.")
+    lists = fold_datalists(data_dir, k_folds, k_fold_index, train_slice_stride)
+    if not any(shares):
+        return lists
+    if len(folders) != len(shares):
+        raise ValueError(f"`replay_share` {replay_share} needs one `replay_dir` per share, got {replay_dir!r}.")
+    n_train = len(lists["train"])
     rng = np.random.default_rng(seed)
-    chosen = [pool[i] for i in rng.choice(len(pool), size=wanted, replace=wanted > len(pool))] if wanted else []
-    logger.info(
-        "Replaying %d slices of %d patients from %s (%.0f %% of %d training slices).",
-        len(chosen), len({it["patient"] for it in pool}), replay_dir, 100 * share, len(lists["train"]) + len(chosen),
-    )  # fmt: skip
-    return {"train": lists["train"] + chosen, "validation": lists["validation"]}
+    mixed: list[dict[str, Any]] = []
+    for folder, share in zip(folders, shares):
+        pool = [item | {"patient": f"replay/{item['patient']}"} for item in slice_items(discover_patients(folder))]
+        wanted = round(n_train * share / (1.0 - sum(shares)))
+        chosen = rng.choice(len(pool), size=wanted, replace=wanted > len(pool)) if wanted else []
+        mixed += [pool[i] for i in chosen]
+        logger.info(
+            "Mixing in %d slices of %d patients from %s (%.0f %% of the training slices).",
+            wanted, len({it["patient"] for it in pool}), folder, 100 * share,
+        )  # fmt: skip
+    return {"train": lists["train"] + mixed, "validation": lists["validation"]}
 
 
 def _is_nifti(path: str | os.PathLike[str]) -> bool:
