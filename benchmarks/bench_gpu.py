@@ -48,11 +48,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import emit, phantom_series, stats, table, work_root
+from benchmarks.common import REPO_ROOT, emit, phantom_series, stats, table, work_root
 
-__all__ = ["PEAK_TFLOPS", "main", "peak_tflops", "run"]
+__all__ = ["GPU_RESULT", "PEAK_TFLOPS", "main", "peak_tflops", "report_ideas", "report_section", "run"]
 
 logger = logging.getLogger(__name__)
+
+#: GPU figures, recorded on a CUDA machine (``--out docs/gpu.json``) and kept in the repository: ``make bench``
+#: does not rerun them, but its report shows them.
+GPU_RESULT = REPO_ROOT / "docs" / "gpu.json"
 
 #: Data-sheet dense (no sparsity) bf16 = fp16 tensor-core peak, TFLOP/s, by a substring of the device name.
 #: Checked in order: the first substring found in the name wins.
@@ -351,6 +355,54 @@ def summary(result: dict[str, Any]) -> str:
     text += (f"\nnetwork fp32 {net['fp32']['median']:.3f} s, bf16 {net['bf16']['median']:.3f} s "
              f"(labels differing: {result['inference']['bf16_label_mismatch_fraction']:.2e})")
     return f"{result['device'].get('gpu_name', result['device']['device'])}\n{text}"
+
+
+def report_section(result: dict[str, Any] | None) -> list[str]:
+    """Section 6 of docs/benchmarks.md, from :data:`GPU_RESULT` (None: not measured yet, and how to measure it)."""
+    gpu = result
+    out = ["## 6. GPU", ""]
+    if gpu is None:
+        return out + ["Not measured yet: this needs a CUDA GPU, which the machine running `make bench` lacks. On one, "
+                      f"`python -m benchmarks.bench_gpu --out {GPU_RESULT.relative_to(REPO_ROOT)}`, then "
+                      "`python -m benchmarks.run_all --report-only`.", ""]
+    dev = gpu["device"]
+    name = dev.get("gpu_name", dev["device"])
+    peak = gpu["peak_tflops"]
+    out += [f"Measured on **{name}**" + (f" ({dev['gpu_memory_gib']} GiB, CUDA {dev['cuda']})" if "cuda" in dev else "")
+            + f", torch {dev['torch']}, MONAI {dev['monai']}, {dev['date']}"
+            + (" (**smoke run**: its figures mean nothing)" if gpu.get("quick") else "")
+            + f"; command `{gpu.get('command', 'python -m benchmarks.bench_gpu')}`. Not rerun by `make bench`.", "",
+            "Training steps of the bundle's network, loss and Adam on phantom batches already on the GPU "
+            "(FLOPs per step counted by `torch.utils.flop_counter`). Peak: data sheet, dense bf16 "
+            f"{peak['data_sheet_dense_bf16'] or 'unknown'} TFLOP/s; a bf16 matrix product here "
+            f"{peak['measured_bf16_matmul'] or 'not measured'} TFLOP/s.", "",
+            "| batch | precision | slices/s | TFLOP/s | share of data-sheet peak | share of measured matmul |",
+            "|---|---|---|---|---|---|"]
+
+    def share(x: float | None) -> str:
+        return f"{100 * x:.1f} %" if x is not None else "-"
+
+    for r in gpu["training"]["rows"]:
+        out.append(f"| {r['batch_size']} | {r['precision']} | {r['slices_per_s']:.1f} | {r['achieved_tflops']:.2f} | "
+                   f"{share(r['share_of_sheet_peak'])} | {share(r['share_of_matmul_peak'])} |")
+    pipe = gpu["training_pipeline"]
+    inf = gpu["inference"]
+    stages = inf["stages_s"]
+    net = inf["network_only_s"]
+    out += ["", f"With the bundle's data pipeline (`train#dataloader`, {pipe['num_workers']} workers, batch "
+            f"{pipe['batch_size']}, {pipe['precision']}): **{pipe['slices_per_s']:.1f} slices/s**.", "",
+            f"Inference on a {inf['series']['slices']}-slice {inf['series']['rows']} x {inf['series']['cols']} phantom "
+            f"series (median of {inf['repeats']} after a warm-up): **{stages['total']['median']:.2f} s** from the "
+            "files to the RTSTRUCT written (" + ", ".join(f"{k} {v['median']:.3f} s" for k, v in stages.items()
+                                                            if k != "total") + ").",
+            f"The network alone: fp32 {net['fp32']['median']:.3f} s, bf16 autocast {net['bf16']['median']:.3f} s "
+            f"({100 * inf['bf16_label_mismatch_fraction']:.3f} % of voxels labelled differently).", ""]
+    return out
+
+
+def report_ideas(result: dict[str, Any], machine: dict[str, Any]) -> list[str]:
+    """Its lines of "What could help": none, it has no target of its own."""
+    return []
 
 
 def main(args: list[str] | None = None) -> dict[str, Any]:

@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import emit, machine_info, phantom_series, stats, table, wait_until, work_root
+from benchmarks.common import emit, machine_info, phantom_series, seconds_cell, stats, table, verdict, work_root
+from vacseg_monai.testing.peers import wait_until
 
-__all__ = ["main", "run"]
+__all__ = ["main", "report_ideas", "report_section", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +181,78 @@ def summary(result: dict[str, Any]) -> str:
     text = table(rows, ["seconds (median of %d)" % result["repeats"], "median", "min", "max"])
     return (f"{text}\nlatency / network = {result['ratio_latency_to_network']:.2f} (target <= 2), "
             f"latency {result['latency_s']['median']:.2f} s (target <= 10 s); dominant: {result['dominant_stage']}")
+
+
+def report_section(result: dict[str, Any]) -> list[str]:
+    """Sections 1 and 2 of docs/benchmarks.md: the end-to-end latency and where it goes."""
+    lat = result
+    ratio, lat_s = lat["ratio_latency_to_network"], lat["latency_s"]["median"]
+    ref = lat["reference_network_s"]
+    out = [
+        "## 1. End-to-end latency", "",
+        f"A {lat['series']['slices']}-slice {lat['series']['rows']} x {lat['series']['cols']} phantom CT series is "
+        "sent in-process with pynetdicom (one association) to an in-process `DicomNode` running the shipped "
+        "bundle; the RTSTRUCT goes to a `ResultReceiver`, which records its arrival. Latency runs from the last "
+        "C-STORE response to that arrival. Reference: the network stage of `BundleSegmenter` (SliceInferer over "
+        "the 256 x 256 preprocessed slices) on the same series in the benchmark process, interleaved with the "
+        f"node runs. {lat['warmup']} unmeasured warm-up run first.", "",
+        "| measure | value |", "|---|---|",
+        f"| latency, last C-STORE response to RTSTRUCT stored | {seconds_cell(lat['latency_s'])} |",
+        f"| reference: network forward | {seconds_cell(ref)} |",
+        f"| latency / network | **{ratio:.2f}** |",
+        f"| sending the series ({lat['series']['instances']} C-STOREs, pynetdicom SCU) | {seconds_cell(lat['send_s'])} "
+        f"({lat['send_images_per_s']} images/s) |",
+    ]
+    if lat.get("first_job"):
+        out.append(f"| first job once the worker is ready (warm-up, not in the median) | {lat['first_job']['latency_s']:.3f} s |")
+    out += ["",
+            f"- Target latency <= 2 x network: {verdict(lat['met']['ratio'], ratio, 2.0, ' x')}",
+            f"- Target latency <= 10 s: {verdict(lat['met']['absolute'], lat_s, 10.0, ' s')}", ""]
+
+    out += ["## 2. Where the latency goes", "",
+            "Worker stages from the job's `timings.json`; gaps from the job history (`job.json`) and the "
+            "receiver's arrival time. Medians per stage over the measured runs (the parts of each run sum to its "
+            "latency; medians need not sum exactly to the median latency).", "",
+            "![stage breakdown](bench_latency_stages.png)", "",
+            "| stage | seconds (median) | share |", "|---|---|---|"]
+    total = lat["stage_groups_sum_s"]
+    for name, seconds in lat["stage_groups_median_s"].items():
+        out.append(f"| {name} | {seconds:.3f} | {seconds / total:.0%} |")
+    out += [f"| **sum** | {total:.3f} | |", "",
+            f"Dominant stage: **{lat['dominant_stage']}**. Single stages: " +
+            ", ".join(f"{k} {v:.3f} s" for k, v in lat["stages_median_s"].items()) + ".", ""]
+    return out
+
+
+def report_ideas(result: dict[str, Any], machine: dict[str, Any]) -> list[str]:
+    """Its lines of "What could help" (``machine``: the report's machine)."""
+    ideas = []
+    lat = result
+    total = lat["stage_groups_sum_s"]
+    groups = lat["stage_groups_median_s"]
+    non_network = total - groups["network"]
+    ideas.append(f"Latency: the network is {groups['network']:.2f} s of {total:.2f} s; everything else "
+                 f"adds {non_network:.2f} s ({non_network / groups['network']:.2f} x network).")
+    if groups.get("worker wake-up", 0) > 0.1 * total:
+        ideas.append(f"The worker started the job {groups['worker wake-up']:.2f} s after it was queued: the worker "
+                     "was still busy (or loading); check the wake-up path.")
+    if groups.get("QA picture", 0) > 0.1 * total:
+        ideas.append(f"The QA picture ({groups['QA picture']:.2f} s) is on the latency path: write it after the "
+                     "export, or in a thread.")
+    if groups.get("contours + RTSTRUCT", 0) > 0.1 * total:
+        ideas.append(f"Contour extraction + RTSTRUCT writing takes {groups['contours + RTSTRUCT']:.2f} s: "
+                     "parallelise per slice/label or vectorise the contour tracing.")
+    if groups.get("postprocess", 0) > 0.1 * total:
+        stages = lat["stages_median_s"]
+        ideas.append(f"Post-processing takes {groups['postprocess']:.2f} s (resample + argmax "
+                     f"{stages.get('resample_argmax', 0):.2f} s, clean-up {stages.get('clean_up', 0):.2f} s): "
+                     "the resample already interpolates only near label boundaries and the clean-up works "
+                     "on bounding boxes; cleaning at the network's 256 grid would cut it further but changes "
+                     "the result near boundaries.")
+    if groups.get("read/decode", 0) > 0.1 * total:
+        ideas.append(f"Reading the series takes {groups['read/decode']:.2f} s (one parse per file, pixel data "
+                     "read when decoded): read while the series is still arriving, when the worker is idle.")
+    return ideas
 
 
 def main(args: list[str] | None = None) -> dict[str, Any]:

@@ -35,23 +35,23 @@ from typing import Any
 from benchmarks.common import (
     PYTHON,
     REPO_ROOT,
-    DicomPeer,
+    bench_node,
     emit,
     machine_info,
     phantom_series,
     proc_status_kb,
     small_series,
-    storescu_send,
     table,
     work_root,
 )
+from vacseg_monai.testing.peers import storescu_send
 
-__all__ = ["main", "run", "scp_large_instance", "scp_rss", "worker_peak"]
+__all__ = ["main", "report_ideas", "report_section", "run", "scp_large_instance", "scp_rss", "worker_peak"]
 
 logger = logging.getLogger(__name__)
 
 GB = 1e9
-STAND_IN = "vacseg_monai.service.worker:StandInProcessor"
+STAND_IN = "vacseg_monai.testing.processors:StandInProcessor"
 
 
 def _child_segment(series_dir: str) -> dict[str, Any]:
@@ -105,8 +105,8 @@ def scp_rss(instances: int = 1000, size: int = 64, interval: float = 0.05) -> di
     """VmRSS of the node's SCP process sampled while it receives ``instances`` images over one association."""
     files = small_series(instances, size=size)
     samples: list[tuple[float, int]] = []
-    with tempfile.TemporaryDirectory(dir=work_root()) as tmp, DicomPeer("node", Path(tmp) / "node",
-                                                         node_args=["--processor", STAND_IN]) as node:
+    with tempfile.TemporaryDirectory(dir=work_root()) as tmp, bench_node(Path(tmp) / "node", "--processor",
+                                                                         STAND_IN) as node:
         pid = node.proc.pid
         time.sleep(1.0)  # let start-up settle
         idle = proc_status_kb(pid)
@@ -162,7 +162,7 @@ def scp_large_instance(size: int = 8192) -> dict[str, Any]:
         image[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 40
         sent = write_ct_series(image, Path(tmp) / "large", pixel_spacing=(0.05, 0.05), slice_thickness=1.0)[0]
         del image
-        with DicomPeer("node", Path(tmp) / "node", node_args=["--processor", STAND_IN]) as node:
+        with bench_node(Path(tmp) / "node", "--processor", STAND_IN) as node:
             time.sleep(1.0)  # let start-up settle
             before = proc_status_kb(node.proc.pid, "VmHWM")
             seconds = storescu_send([sent], node.port, node.ae_title, timeout=600)
@@ -210,6 +210,43 @@ def summary(result: dict[str, Any]) -> str:
          result["scp_large"]["peak_growth_mib"], ""],
     ]
     return table(rows, ["measure", "value", "target"])
+
+
+def report_section(result: dict[str, Any]) -> list[str]:
+    """Section 5 of docs/benchmarks.md: the memory of the worker and of the SCP."""
+    mem = result
+    w, s = mem["worker"], mem["scp"]
+    out = ["## 5. Memory", "",
+           f"Worker: a fresh process loads the bundle, reads a {w['series']['slices']}-slice "
+           f"{w['series']['rows']} x {w['series']['cols']} series, segments it and writes the RTSTRUCT "
+           f"(`ru_maxrss`; VmHWM {w['vmhwm_kib'] * 1024 / 1e9:.3f} GB; GB = 10^9 bytes). SCP: the node receives "
+           f"{s['instances']} images of {s['image_size'][0]} x {s['image_size'][1]} over one storescu "
+           f"association; its VmRSS is sampled {s['samples']} times during the send.", "",
+           "![memory](bench_memory.png)", "",
+           "| measure | value |", "|---|---|",
+           f"| worker peak RSS | **{w['peak_gb']:.3f} GB** (target <= 3 GB: "
+           f"{'met' if w['met'] else 'missed by %.2f GB' % (w['peak_gb'] - 3.0)}) |",
+           f"| worker RSS after model load / read / segment | {w['ru_maxrss_kib']['after_model'] * 1024 / 1e9:.3f} / "
+           f"{w['ru_maxrss_kib']['after_read'] * 1024 / 1e9:.3f} / {w['ru_maxrss_kib']['after_segment'] * 1024 / 1e9:.3f} GB |",
+           "| worker stage seconds | " + ", ".join(f"{k} {v:.2f}" for k, v in w["timings"].items()) + " |",
+           f"| SCP RSS idle / max during send | {s['rss_mib']['idle_before']:.1f} / {s['rss_mib']['max']:.1f} MiB |",
+           f"| SCP RSS growth over the send / second half | {s['growth_mib']:.1f} / "
+           f"**{s['growth_second_half_mib']:.1f} MiB** (flat if <= 20 MiB: "
+           f"{'met' if mem['met']['scp_flat'] else 'missed'}) |",
+           f"| SCP receive rate of the small images | {s['images_per_s']} images/s |"]
+    if "scp_large" in mem:
+        big = mem["scp_large"]
+        out += [f"| SCP peak RSS (VmHWM) growth receiving one {big['image_size'][0]} x {big['image_size'][1]} "
+                f"instance ({big['file_mib']:.0f} MiB) | **{big['peak_growth_mib']:.1f} MiB** "
+                f"({big['vmhwm_mib']['before']:.1f} -> {big['vmhwm_mib']['after']:.1f} MiB; the instance is "
+                f"received into a file, not held in memory) |"]
+    out += [""]
+    return out
+
+
+def report_ideas(result: dict[str, Any], machine: dict[str, Any]) -> list[str]:
+    """Its lines of "What could help": none, it has no target of its own."""
+    return []
 
 
 def main(args: list[str] | None = None) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from benchmarks.common import emit, machine_info, phantom_series, stats, table
 
-__all__ = ["main", "run"]
+__all__ = ["main", "report_ideas", "report_section", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,47 @@ def summary(result: dict[str, Any]) -> str:
     """The human-readable table."""
     rows = [[n, v["seconds"]["median"], v["ratio"], v["argmax_agreement"]] for n, v in result["variants"].items()]
     return table(rows, ["variant", "seconds (median)", "ratio to bundle", "argmax agreement"])
+
+
+def report_section(result: dict[str, Any]) -> list[str]:
+    """Its section of docs/benchmarks.md: the network stage variants."""
+    net = result
+    base = net["variants"][net["baseline"]]["seconds"]["median"]
+    out = ["## Network stage variants (evidence for speed-ups)", "",
+           f"The bundle's network over the same {net['slices']} preprocessed slices, each variant timed "
+           f"{net['repeats']} times in one process (ratio = variant / `{net['baseline']}`; the bundle's network is "
+           f"{net.get('bundle_memory_format', 'contiguous')}).", "",
+           "![network variants](bench_network.png)", "",
+           "| variant | seconds (median) | ratio | argmax agreement with `bundle` |", "|---|---|---|---|"]
+    for name, v in net["variants"].items():
+        out.append(f"| {name} | {v['seconds']['median']:.3f} | {v['seconds']['median'] / base:.2f} | "
+                   f"{100 * v['argmax_agreement']:.4f} % |")
+    if "amp bf16" in net["variants"]:
+        amp = net["variants"]["amp bf16"]
+        out += ["", f"`amp bf16` is the bundle's opt-in `amp` setting (bf16 autocast): "
+                f"{amp['seconds']['median'] / base:.2f} x the float32 time here (this processor "
+                f"{'computes' if net.get('cpu_bf16') else 'does not compute'} bf16 natively), "
+                f"{100 * (1 - amp['argmax_agreement']):.4f} % of the 256 x 256 labels differ. It stays off by "
+                "default so that a series gives the same contours on any machine; the bundle's README gives "
+                "the held-out Dice with it."]
+    out.append("")
+    return out
+
+
+def report_ideas(result: dict[str, Any], machine: dict[str, Any]) -> list[str]:
+    """Its lines of "What could help": the fastest variant, when it is not the bundle's."""
+    net = result
+    base = net["variants"][net["baseline"]]["seconds"]["median"]
+    best = min(net["variants"], key=lambda n: net["variants"][n]["seconds"]["median"])
+    if best == net["baseline"]:
+        return []
+    return [f"Network: `{best}` ran in {net['variants'][best]['seconds']['median']:.2f} s vs "
+            f"{base:.2f} s for `{net['baseline']}` "
+            f"({net['variants'][best]['seconds']['median'] / base:.2f} x)."
+            + (" The bundle's weights are already channels-last, but SliceInferer hands the network "
+               "contiguous slice batches: convert each input batch to channels-last too (e.g. a small "
+               "wrapper module), or call the network on stacked slices."
+               if net.get("bundle_memory_format") == "channels_last" and "channels_last" in best else "")]
 
 
 def main(args: list[str] | None = None) -> dict[str, Any]:

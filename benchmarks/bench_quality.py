@@ -53,13 +53,13 @@ __all__ = [
     "REAL_SCANS",
     "auroc",
     "case_rows",
-    "failure_summary",
     "flip_up_down",
     "fov_truncate",
     "main",
     "metal_streaks",
     "noise_x3",
-    "render_section",
+    "report_ideas",
+    "report_section",
     "roc_curve",
     "run",
     "save_roc_plot",
@@ -535,8 +535,8 @@ def case_rows(result: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def render_section(result: dict[str, Any]) -> list[str]:
-    """The Markdown section of docs/benchmarks.md."""
+def report_section(result: dict[str, Any]) -> list[str]:
+    """Its section of docs/benchmarks.md."""
     from vacseg_monai.labels import LABELS
 
     c, sec = result["counts"], result["seconds"]
@@ -570,15 +570,15 @@ def render_section(result: dict[str, Any]) -> list[str]:
     return out + [""]
 
 
-def failure_summary(result: dict[str, Any]) -> str | None:
-    """One line for "What could help" when a target is missed (None when all are met)."""
+def report_ideas(result: dict[str, Any], machine: dict[str, Any]) -> list[str]:
+    """Its line of "What could help" when a target is missed (none when all are met)."""
     missed = [name for name, ok in result["met"].items() if not ok]
     if not missed:
-        return None
+        return []
     missed_bad = [f"{p['case']} {p['structure']}" for p in _points(result["cases"]) if p["bad"] and not p["flagged"]]
-    return (f"Quality score: missed {', '.join(missed)} (AUROC {result['auroc']:.3f}, good phantom structures "
+    return [f"Quality score: missed {', '.join(missed)} (AUROC {result['auroc']:.3f}, good phantom structures "
             f"flagged {100 * result['good_flagged_share']:.1f} %, cost {result['seconds']['ratio']:.2f} x network). "
-            f"Bad structures not flagged: {', '.join(missed_bad) or 'none'}.")
+            f"Bad structures not flagged: {', '.join(missed_bad) or 'none'}."]
 
 
 def summary(result: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -24,6 +25,8 @@ from skimage.draw import disk
 
 from vacseg_monai.dicom.geometry import affine_lps
 from vacseg_monai.dicom.rtstruct import read_rtstruct, write_rtstruct
+
+__all__ = ["main", "report_ideas", "report_section"]
 
 ROWS = COLS = 512
 
@@ -57,6 +60,22 @@ def _series(n_slices: int) -> SimpleNamespace:
         pixel_spacing=(0.9, 0.9),
         affine_lps=affine_lps((1, 0, 0, 0, 1, 0), (0.9, 0.9), 2.0, (-230.0, -230.0, 0.0)),
     )
+
+
+def report_section(result: dict[str, Any]) -> list[str]:
+    """Its section of docs/benchmarks.md: the RTSTRUCT writer."""
+    rt = result
+    out = ["## RTSTRUCT writer (bench_rtstruct.py)", "",
+           f"{rt['shape']} label map, {rt['contours']} contours, {rt['points']} points, "
+           f"{rt['file_bytes'] / 1e6:.1f} MB; medians of {rt['repeats']}: write {rt['write_s_median']:.3f} s, "
+           f"write + save {rt['write_and_save_s_median']:.3f} s, read back {rt['read_s_median']:.3f} s "
+           f"(round trip exact: {rt['round_trip_exact']}).", ""]
+    return out
+
+
+def report_ideas(result: dict[str, Any], machine: dict[str, Any]) -> list[str]:
+    """Its lines of "What could help": none, it has no target of its own."""
+    return []
 
 
 def main(args: list[str] | None = None) -> dict:

@@ -33,9 +33,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BENCH_PHANTOM_VERSION, CACHE_DIR, emit, machine_info, stats, table
+from benchmarks.common import (
+    BENCH_PHANTOM_VERSION,
+    CACHE_DIR,
+    emit,
+    machine_info,
+    seconds_cell,
+    stats,
+    table,
+    verdict,
+)
 
-__all__ = ["main", "run", "train_parser"]
+__all__ = ["main", "report_ideas", "report_section", "run", "train_parser"]
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +215,54 @@ def summary(result: dict[str, Any]) -> str:
         text += (f"\nprojected to the bundle's epoch of {result['bundle_epoch_steps']} steps: "
                  f"{result['ratio_projected_bundle_epoch']:.2f}")
     return text
+
+
+def report_section(result: dict[str, Any]) -> list[str]:
+    """Section 4 of docs/benchmarks.md: the training efficiency."""
+    tr = result
+    r = tr["ratio_pipeline_to_materialised"]
+    out = ["## 4. Training efficiency", "",
+           f"The bundle's `train#dataloader` (CacheDataset over the train transforms, batch {tr['batch_size']}, "
+           f"{tr['num_workers']} workers) on {tr['data']['patients']} phantom patients at "
+           f"{tr['data']['size']} x {tr['data']['size']} ({tr['data']['train_slices']} training slices, resized to "
+           f"{tr['data']['spatial_size']}), with the bundle's network, loss and optimizer; "
+           f"{tr['steps_per_run']} steps per run, {tr['repeats']} runs per mode, interleaved, the order of the "
+           "modes rotating from run to run. The target figure is the median over runs of each run's pipeline "
+           "time divided by its materialised time (paired, so that the machine's drift cancels). Cache build "
+           f"{tr['cache_build_s']:.1f} s (once).", "",
+           "![training step](bench_training.png)", "",
+           "| mode | s/step (median) | slices/s |", "|---|---|---|",
+           f"| DataLoader, fresh iterator per run (as per epoch) | {seconds_cell(tr['step_s']['pipeline'])} | {tr['slices_per_s']['pipeline']} |",
+           f"| DataLoader, steady state (first step excluded) | {seconds_cell(tr['step_s']['pipeline_steady'])} | {tr['slices_per_s']['pipeline_steady']} |",
+           f"| batches already in memory | {seconds_cell(tr['step_s']['materialised'])} | {tr['slices_per_s']['materialised']} |",
+           f"| (evidence) same dataset, DataLoader num_workers=0 | {seconds_cell(tr['step_s']['pipeline_workers0'])} | "
+           f"{tr['slices_per_s']['pipeline_workers0']} |",
+           "",
+           f"- pipeline / materialised = **{r:.2f}** (median of the paired ratios "
+           f"{', '.join(f'{x:.2f}' for x in tr.get('ratios_per_repeat', []))}; ratio of the medians "
+           f"{tr.get('ratio_of_medians', r):.2f}; steady state {tr['ratio_steady_to_materialised']:.2f}); "
+           f"target <= 1.1: {verdict(tr['met']['ratio'], r, 1.1, ' x')}"]
+    if tr.get("ratio_projected_bundle_epoch"):
+        out.append(f"- Projected to one epoch of the bundle's own data ({tr['bundle_epoch_steps']} steps: the first "
+                   f"step, {tr['first_step_s']:.2f} s with worker start-up, once, then the steady state): "
+                   f"**{tr['ratio_projected_bundle_epoch']:.2f}**")
+    out.append("")
+    return out
+
+
+def report_ideas(result: dict[str, Any], machine: dict[str, Any]) -> list[str]:
+    """Its lines of "What could help" (``machine``: the report's machine)."""
+    ideas = []
+    tr = result
+    r = tr["ratio_pipeline_to_materialised"]
+    if not tr["met"]["ratio"]:
+        ideas.append(f"Training: the data pipeline costs {r:.2f} x the in-memory step with "
+                     f"{tr['num_workers']} workers on {machine['cpu_affinity']} cores; loading in the main process "
+                     f"(num_workers=0) measured {tr['ratio_workers0_to_materialised']:.2f} x: worker processes "
+                     "compete with the step's threads for the cores. Set num_workers from the core count "
+                     "(0 on a 2-core CPU box), `persistent_workers=True` to avoid the worker start "
+                     f"({tr['first_step_s']:.2f} s first step) every epoch.")
+    return ideas
 
 
 def main(args: list[str] | None = None) -> dict[str, Any]:

@@ -1,7 +1,7 @@
-"""Shared pieces of the benchmarks: test series, DICOM peers as processes, timing and output helpers.
+"""Shared pieces of the benchmarks: test series, the node as they run it, timing and output helpers.
 
-Waiting for peers polls with a deadline (``wait_until``): a benchmark has no
-event to wait on from a foreign process, and every wait here is bounded.
+The DICOM peers themselves (the node, DCMTK's and pynetdicom's storescp, storescu) and the
+bounded waits are :mod:`vacseg_monai.testing.peers`, which the tests share.
 """
 
 from __future__ import annotations
@@ -12,33 +12,32 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from vacseg_monai.testing.peers import NodeProcess
+
 __all__ = [
+    "BENCH_AET",
     "CACHE_DIR",
     "REPO_ROOT",
     "RESULTS_DIR",
-    "DicomPeer",
-    "dcmtk_env",
+    "bench_node",
     "emit",
-    "free_port",
     "machine_info",
     "phantom_series",
     "proc_status_kb",
+    "seconds_cell",
     "small_series",
     "stats",
-    "storescu_send",
     "table",
-    "wait_until",
+    "verdict",
     "work_root",
 ]
 
@@ -46,6 +45,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 CACHE_DIR = RESULTS_DIR / "cache"
 PYTHON = sys.executable
+#: Called AE title of every SCP a benchmark starts.
+BENCH_AET = "BENCH_SCP"
 
 
 def work_root() -> Path:
@@ -125,6 +126,20 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def verdict(met: bool, measured: float, target: float, unit: str, higher_is_better: bool = False) -> str:
+    """A target's verdict in the report: met, or missed by how much (``unit`` written after the numbers)."""
+    if met:
+        return f"**met** ({measured:.2f}{unit} vs target {target:g}{unit})"
+    if higher_is_better:
+        return f"**missed** by {target - measured:.2f}{unit} ({measured / target:.0%} of the target {target:g}{unit})"
+    return f"**missed** by {measured - target:.2f}{unit} ({measured / target:.2f} x the target {target:g}{unit})"
+
+
+def seconds_cell(stats: dict[str, Any]) -> str:
+    """A table cell of :func:`stats` in seconds: the median, then min, max and n."""
+    return f"{stats['median']:.3f} s (min {stats['min']:.3f}, max {stats['max']:.3f}, n = {stats['n']})"
+
+
 def emit(result: dict[str, Any], summary: str, out: str | os.PathLike[str] | None) -> dict[str, Any]:
     """Print the JSON (one line) and the summary table; write the JSON to ``out`` if given."""
     text = json.dumps(result)
@@ -134,33 +149,6 @@ def emit(result: dict[str, Any], summary: str, out: str | os.PathLike[str] | Non
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=1))
     return result
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> float:
-    """Poll ``predicate`` every ``interval`` s until true; return the perf_counter time it became true.
-
-    Raises:
-        TimeoutError: naming ``what`` after ``timeout`` seconds.
-    """
-    deadline = time.perf_counter() + timeout
-    while True:
-        if predicate():
-            return time.perf_counter()
-        if time.perf_counter() > deadline:
-            raise TimeoutError(f"Timed out after {timeout:.0f} s waiting for {what}.")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def dcmtk_env() -> dict[str, str]:
-    """The environment for DCMTK tools: TCP_NODELAY=1 (DCMTK reads it to disable Nagle)."""
-    return {**os.environ, "TCP_NODELAY": "1"}
 
 
 def proc_status_kb(pid: int, field: str = "VmRSS") -> int | None:
@@ -246,81 +234,15 @@ def small_series(n_instances: int, *, size: int = 64, cache: Path = CACHE_DIR) -
     return files
 
 
-def storescu_send(files: Sequence[Path], port: int, called_aet: str, *, timeout: float = 300.0) -> float:
-    """Send ``files`` with DCMTK storescu over one association (TCP_NODELAY=1); return wall seconds.
-
-    Raises:
-        RuntimeError: if storescu fails (its stderr is included).
-    """
-    cmd = ["storescu", "-aet", "BENCH", "-aec", called_aet, "127.0.0.1", str(port), *map(str, files)]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=dcmtk_env(), capture_output=True, text=True, timeout=timeout)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"storescu to port {port} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return elapsed
-
-
-def _echo(port: int, aet: str) -> bool:
-    proc = subprocess.run(
-        ["echoscu", "-to", "2", "-aec", aet, "127.0.0.1", str(port)], capture_output=True, timeout=10
-    )
-    return proc.returncode == 0
-
-
-class DicomPeer:
-    """A Storage SCP run as a subprocess: the node, pynetdicom's storescp or DCMTK's storescp.
+def bench_node(folder: Path, *args: str) -> NodeProcess:
+    """The node as the benchmarks run it: AE title BENCH_SCP, quiet, a 100 MiB disk floor, its log beside ``folder``.
 
     Args:
-        kind: ``"node"``, ``"pynetdicom"`` or ``"dcmtk"``.
-        folder: output folder (the node's ``-od``, DCMTK's ``-od``; unused by pynetdicom ``--ignore``).
-        node_args: extra ``serve_scp.py`` arguments (kind ``"node"``).
-        ae_title: called AE title (default "BENCH_SCP").
+        folder: the node's output directory.
+        *args: more ``serve_scp.py`` arguments, e.g. ``"--processor", STAND_IN``.
     """
-
-    def __init__(self, kind: str, folder: Path, *, node_args: Sequence[str] = (), ae_title: str = "BENCH_SCP") -> None:
-        if kind not in ("node", "pynetdicom", "dcmtk"):
-            raise ValueError(f"`kind` must be node, pynetdicom or dcmtk, got {kind!r}.")
-        self.kind, self.folder, self.ae_title = kind, Path(folder), ae_title
-        self.node_args = list(node_args)
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self._log = None
-
-    def command(self) -> list[str]:
-        """The command line started."""
-        if self.kind == "node":
-            return [PYTHON, str(REPO_ROOT / "scripts" / "serve_scp.py"), str(self.port), "-aet", self.ae_title,
-                    "-od", str(self.folder), "-q", "--min-free-mb", "100", *self.node_args]
-        if self.kind == "pynetdicom":
-            return [PYTHON, "-m", "pynetdicom", "storescp", str(self.port), "-aet", self.ae_title, "--ignore"]
-        return ["storescp", "-aet", self.ae_title, "+xa", "-od", str(self.folder), str(self.port)]
-
-    def __enter__(self) -> DicomPeer:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.folder.parent / f"{self.folder.name}.{self.kind}.log", "w")
-        self.proc = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=dcmtk_env(), stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-        try:
-            wait_until(lambda: self.proc.poll() is not None or _echo(self.port, self.ae_title), 120,
-                       f"{self.kind} SCP on port {self.port}", interval=0.2)
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.kind} SCP exited with {self.proc.returncode}; see {self._log.name}")
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self._log is not None:
-            self._log.close()
+    return NodeProcess(folder, folder.parent / f"{folder.name}.node.log", ["-q", "--min-free-mb", "100", *args],
+                       ae_title=BENCH_AET)
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from typing import Any
 
 from benchmarks.common import REPO_ROOT, emit, machine_info, table
 
-__all__ = ["DEFAULT_SCANS", "DOCS_BEGIN", "DOCS_END", "failure_summary", "main", "render_section", "run", "table_lines",
+__all__ = ["DEFAULT_SCANS", "DOCS_BEGIN", "DOCS_END", "main", "report_ideas", "report_section", "run", "table_lines",
            "update_bundle_readme"]
 
 logger = logging.getLogger(__name__)
@@ -146,8 +146,8 @@ def table_lines(result: dict[str, Any], picture_prefix: str = "") -> list[str]:
     return out
 
 
-def render_section(result: dict[str, Any], heading: str = "## Real CT check (real_ct_check.py)") -> list[str]:
-    """The section of docs/benchmarks.md."""
+def report_section(result: dict[str, Any], heading: str = "## Real CT check (real_ct_check.py)") -> list[str]:
+    """Its section of docs/benchmarks.md (under ``heading``)."""
     ref = result["reference"]
     held_out = [r for r in result["scans"] if not r["used_in_training"] and r["met"] is not None]
     passed = sum(1 for r in held_out if r["met"]["all"])
@@ -164,17 +164,17 @@ def render_section(result: dict[str, Any], heading: str = "## Real CT check (rea
     ]
 
 
-def failure_summary(result: dict[str, Any]) -> str | None:
-    """One line for "What could help" when held-out scans miss a threshold (None when all read scans pass)."""
+def report_ideas(result: dict[str, Any], machine: dict[str, Any]) -> list[str]:
+    """Its line of "What could help" when held-out scans miss a threshold (none when all read scans pass)."""
     failed = [r for r in result["scans"] if not r["used_in_training"] and r["met"] and not r["met"]["all"]]
     if not failed:
-        return None
+        return []
     worst = max(failed, key=lambda r: r["metrics"]["vacbag_cm3"])
-    return (f"Real CT: {len(failed)} held-out scan(s) miss the real-CT thresholds ("
+    return [f"Real CT: {len(failed)} held-out scan(s) miss the real-CT thresholds ("
             + ", ".join(f"{r['scan']}: {_verdict(r).replace('**', '')}" for r in failed)
             + f"); the most Vacbag drawn where there is no bag is {worst['metrics']['vacbag_cm3']:.1f} cm3 on "
             f"{worst['scan']}. The phantoms the model learned from always have a bag; issue 11 asks for bag-free "
-            "and more varied phantoms and a retrained bundle.")
+            "and more varied phantoms and a retrained bundle."]
 
 
 def update_bundle_readme(result: dict[str, Any], readme: Path, command: str) -> None:

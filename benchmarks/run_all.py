@@ -18,18 +18,29 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from benchmarks import bench_quality, real_ct_check
+from benchmarks import (
+    bench_gpu,
+    bench_latency,
+    bench_memory,
+    bench_network,
+    bench_postprocess,
+    bench_quality,
+    bench_receive,
+    bench_rtstruct,
+    bench_training,
+    real_ct_check,
+)
+from benchmarks.bench_gpu import GPU_RESULT
 from benchmarks.common import PYTHON, REPO_ROOT, RESULTS_DIR, machine_info
 
-__all__ = ["BENCHMARKS", "main", "render_charts", "render_report", "run_benchmark"]
+__all__ = ["BENCHMARKS", "REPORT_SECTIONS", "main", "render_charts", "render_report", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
 
 DOCS = REPO_ROOT / "docs"
-#: GPU figures, recorded on a CUDA machine by ``benchmarks/bench_gpu.py`` (kept in the repository; not rerun here).
-GPU_RESULT = DOCS / "gpu.json"
 
 # name -> (module, full arguments, quick arguments); run in this order (lightest on shared state first).
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
@@ -44,6 +55,21 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "quality": ("benchmarks.bench_quality", [], ["--phantoms", "1", "--max-slices", "32"]),
 }
 
+
+#: The report's sections in their order: (result name, the module whose ``report_section(result)`` writes it and
+#: whose ``report_ideas(result, machine)`` adds to "What could help").
+REPORT_SECTIONS: tuple[tuple[str, ModuleType], ...] = (
+    ("latency", bench_latency),
+    ("network", bench_network),
+    ("postprocess", bench_postprocess),
+    ("receive", bench_receive),
+    ("training", bench_training),
+    ("memory", bench_memory),
+    ("gpu", bench_gpu),
+    ("rtstruct", bench_rtstruct),
+    ("real_ct", real_ct_check),
+    ("quality", bench_quality),
+)
 
 def run_benchmark(name: str, quick: bool, results: Path, timeout: float = 1200.0, docs: Path = DOCS) -> dict[str, Any]:
     """Run one benchmark module as ``python -m``; return its JSON (also written to ``results/<name>.json``).
@@ -201,18 +227,6 @@ def render_charts(data: dict[str, dict[str, Any]], docs: Path = DOCS) -> list[Pa
 # ---------------------------------------------------------------- report
 
 
-def _verdict(met: bool, measured: float, target: float, unit: str, higher_is_better: bool = False) -> str:
-    if met:
-        return f"**met** ({measured:.2f}{unit} vs target {target:g}{unit})"
-    if higher_is_better:
-        return f"**missed** by {target - measured:.2f}{unit} ({measured / target:.0%} of the target {target:g}{unit})"
-    return f"**missed** by {measured - target:.2f}{unit} ({measured / target:.2f} x the target {target:g}{unit})"
-
-
-def _s(stats: dict[str, Any]) -> str:
-    return f"{stats['median']:.3f} s (min {stats['min']:.3f}, max {stats['max']:.3f}, n = {stats['n']})"
-
-
 def render_report(data: dict[str, dict[str, Any]], machine: dict[str, Any], command: str) -> str:
     """The Markdown of docs/benchmarks.md, every number taken from ``data``."""
     quick = any(r.get("quick") for r in data.values())
@@ -235,259 +249,13 @@ def render_report(data: dict[str, dict[str, Any]], machine: dict[str, Any], comm
         "",
     ]
     ideas: list[str] = []
-
-    if "latency" in data:
-        lat = data["latency"]
-        ratio, lat_s = lat["ratio_latency_to_network"], lat["latency_s"]["median"]
-        ref = lat["reference_network_s"]
-        out += [
-            "## 1. End-to-end latency", "",
-            f"A {lat['series']['slices']}-slice {lat['series']['rows']} x {lat['series']['cols']} phantom CT series is "
-            "sent in-process with pynetdicom (one association) to an in-process `DicomNode` running the shipped "
-            "bundle; the RTSTRUCT goes to a `ResultReceiver`, which records its arrival. Latency runs from the last "
-            "C-STORE response to that arrival. Reference: the network stage of `BundleSegmenter` (SliceInferer over "
-            "the 256 x 256 preprocessed slices) on the same series in the benchmark process, interleaved with the "
-            f"node runs. {lat['warmup']} unmeasured warm-up run first.", "",
-            "| measure | value |", "|---|---|",
-            f"| latency, last C-STORE response to RTSTRUCT stored | {_s(lat['latency_s'])} |",
-            f"| reference: network forward | {_s(ref)} |",
-            f"| latency / network | **{ratio:.2f}** |",
-            f"| sending the series ({lat['series']['instances']} C-STOREs, pynetdicom SCU) | {_s(lat['send_s'])} "
-            f"({lat['send_images_per_s']} images/s) |",
-        ]
-        if lat.get("first_job"):
-            out.append(f"| first job once the worker is ready (warm-up, not in the median) | {lat['first_job']['latency_s']:.3f} s |")
-        out += ["",
-                f"- Target latency <= 2 x network: {_verdict(lat['met']['ratio'], ratio, 2.0, ' x')}",
-                f"- Target latency <= 10 s: {_verdict(lat['met']['absolute'], lat_s, 10.0, ' s')}", ""]
-
-        out += ["## 2. Where the latency goes", "",
-                "Worker stages from the job's `timings.json`; gaps from the job history (`job.json`) and the "
-                "receiver's arrival time. Medians per stage over the measured runs (the parts of each run sum to its "
-                "latency; medians need not sum exactly to the median latency).", "",
-                "![stage breakdown](bench_latency_stages.png)", "",
-                "| stage | seconds (median) | share |", "|---|---|---|"]
-        total = lat["stage_groups_sum_s"]
-        for name, seconds in lat["stage_groups_median_s"].items():
-            out.append(f"| {name} | {seconds:.3f} | {seconds / total:.0%} |")
-        out += [f"| **sum** | {total:.3f} | |", "",
-                f"Dominant stage: **{lat['dominant_stage']}**. Single stages: " +
-                ", ".join(f"{k} {v:.3f} s" for k, v in lat["stages_median_s"].items()) + ".", ""]
-        groups = lat["stage_groups_median_s"]
-        non_network = total - groups["network"]
-        ideas.append(f"Latency: the network is {groups['network']:.2f} s of {total:.2f} s; everything else "
-                     f"adds {non_network:.2f} s ({non_network / groups['network']:.2f} x network).")
-        if groups.get("worker wake-up", 0) > 0.1 * total:
-            ideas.append(f"The worker started the job {groups['worker wake-up']:.2f} s after it was queued: the worker "
-                         "was still busy (or loading); check the wake-up path.")
-        if groups.get("QA picture", 0) > 0.1 * total:
-            ideas.append(f"The QA picture ({groups['QA picture']:.2f} s) is on the latency path: write it after the "
-                         "export, or in a thread.")
-        if groups.get("contours + RTSTRUCT", 0) > 0.1 * total:
-            ideas.append(f"Contour extraction + RTSTRUCT writing takes {groups['contours + RTSTRUCT']:.2f} s: "
-                         "parallelise per slice/label or vectorise the contour tracing.")
-        if groups.get("postprocess", 0) > 0.1 * total:
-            stages = lat["stages_median_s"]
-            ideas.append(f"Post-processing takes {groups['postprocess']:.2f} s (resample + argmax "
-                         f"{stages.get('resample_argmax', 0):.2f} s, clean-up {stages.get('clean_up', 0):.2f} s): "
-                         "the resample already interpolates only near label boundaries and the clean-up works "
-                         "on bounding boxes; cleaning at the network's 256 grid would cut it further but changes "
-                         "the result near boundaries.")
-        if groups.get("read/decode", 0) > 0.1 * total:
-            ideas.append(f"Reading the series takes {groups['read/decode']:.2f} s (one parse per file, pixel data "
-                         "read when decoded): read while the series is still arriving, when the worker is idle.")
-
-    if "network" in data:
-        net = data["network"]
-        base = net["variants"][net["baseline"]]["seconds"]["median"]
-        out += ["## Network stage variants (evidence for speed-ups)", "",
-                f"The bundle's network over the same {net['slices']} preprocessed slices, each variant timed "
-                f"{net['repeats']} times in one process (ratio = variant / `{net['baseline']}`; the bundle's network is "
-                f"{net.get('bundle_memory_format', 'contiguous')}).", "",
-                "![network variants](bench_network.png)", "",
-                "| variant | seconds (median) | ratio | argmax agreement with `bundle` |", "|---|---|---|---|"]
-        for name, v in net["variants"].items():
-            out.append(f"| {name} | {v['seconds']['median']:.3f} | {v['seconds']['median'] / base:.2f} | "
-                       f"{100 * v['argmax_agreement']:.4f} % |")
-        if "amp bf16" in net["variants"]:
-            amp = net["variants"]["amp bf16"]
-            out += ["", f"`amp bf16` is the bundle's opt-in `amp` setting (bf16 autocast): "
-                    f"{amp['seconds']['median'] / base:.2f} x the float32 time here (this processor "
-                    f"{'computes' if net.get('cpu_bf16') else 'does not compute'} bf16 natively), "
-                    f"{100 * (1 - amp['argmax_agreement']):.4f} % of the 256 x 256 labels differ. It stays off by "
-                    "default so that a series gives the same contours on any machine; the bundle's README gives "
-                    "the held-out Dice with it."]
-        best = min(net["variants"], key=lambda n: net["variants"][n]["seconds"]["median"])
-        out.append("")
-        if best != net["baseline"]:
-            ideas.append(f"Network: `{best}` ran in {net['variants'][best]['seconds']['median']:.2f} s vs "
-                         f"{base:.2f} s for `{net['baseline']}` "
-                         f"({net['variants'][best]['seconds']['median'] / base:.2f} x)."
-                         + (" The bundle's weights are already channels-last, but SliceInferer hands the network "
-                            "contiguous slice batches: convert each input batch to channels-last too (e.g. a small "
-                            "wrapper module), or call the network on stacked slices."
-                            if net.get("bundle_memory_format") == "channels_last" and "channels_last" in best else ""))
-
-    if "postprocess" in data:
-        post = data["postprocess"]
-        secs = post["seconds"]
-        out += ["## Post-processing pieces (evidence for speed-ups)", "",
-                f"On the bundle's own prediction for the {post['slices']}-slice series (label map "
-                f"{post['label_shape']}), each step timed {post['repeats']} times. The indented pieces call "
-                "the clean-up's private helpers on the whole volume; `clean_up_labels` itself may crop first, so "
-                "they need not add up to it.", "",
-                "| step | seconds (median) |", "|---|---|"]
-        out += [f"| {name.strip()} | {v['median']:.3f} |" for name, v in secs.items()]
-        out.append("")
-        full, coarse = secs["clean_up (512 grid)"]["median"], secs["clean_up (256 grid)"]["median"]
-        pieces = {k.strip(): v["median"] for k, v in secs.items() if k.startswith("  ")}
-        text = (f"Clean-up: {full:.2f} s on the 512 grid vs {coarse:.2f} s on the 256 grid "
-                f"({coarse / full:.2f} x); cleaning at the network's resolution would save that much, at the "
-                "cost of results that differ near boundaries.")
-        if pieces:
-            top = max(pieces, key=pieces.get)
-            text += f" Slowest helper on the whole volume: {top} ({pieces[top]:.2f} s)."
-        ideas.append(text)
-
-    if "receive" in data:
-        rec = data["receive"]
-        r = rec["ratio_node_to_pynetdicom"]
-        ips = rec["images_per_s"]
-        out += ["## 3. Receive throughput", "",
-                f"{rec['series']['instances']} images ({rec['series']['rows']} x {rec['series']['cols']}, "
-                f"{rec['series']['bytes'] / 1e6:.1f} MB) sent with {rec['sender']} to SCPs running side by "
-                f"side, in rotation, {rec['repeats']} measured sends each after {rec['warmup']} warm-up. "
-                "Images/s = images / storescu wall time. The target row is the node with a stand-in processor "
-                "(its worker does next to nothing); the node with the bundle, whose worker decodes and preprocesses "
-                "the series on the same two cores while it arrives (at a lower CPU priority, `--worker-nice`), "
-                "is shown beside it.", "",
-                "![receive throughput](bench_receive.png)", "",
-                "| SCP | images/s (median) | seconds (median) |", "|---|---|---|",
-                f"| node (store + fsync before the ack) | {ips['node']['median']:.1f} | {rec['seconds']['node']['median']:.3f} |",
-                *([f"| node with the bundle (decoding and preprocessing while receiving) | {ips['node_bundle']['median']:.1f} | "
-                   f"{rec['seconds']['node_bundle']['median']:.3f} |"] if "node_bundle" in ips else []),
-                f"| pynetdicom `storescp --ignore` | {ips['pynetdicom']['median']:.1f} | {rec['seconds']['pynetdicom']['median']:.3f} |",
-                f"| DCMTK `storescp` (TCP_NODELAY=1) | {ips['dcmtk']['median']:.1f} | {rec['seconds']['dcmtk']['median']:.3f} |",
-                "",
-                f"- node / pynetdicom --ignore = **{r:.2f}**; target >= 0.9: "
-                f"{_verdict(rec['met']['ratio'], r, 0.9, ' x', higher_is_better=True)}",
-                f"- node / DCMTK storescp = {rec['ratio_node_to_dcmtk']:.2f}", ""]
-        if "per_instance_ms" in rec:
-            c = rec["per_instance_ms"]
-            out += ["Pieces of the node's store path timed per instance in one process (median ms): " +
-                    ", ".join(f"{k} {v:.2f}" for k, v in c.items()) +
-                    f". At {ips['pynetdicom']['median']:.0f} images/s the budget per image is "
-                    f"{1000 / ips['pynetdicom']['median']:.1f} ms.", ""]
-        if not rec["met"]["ratio"]:
-            text = (f"Receive: the node accepts {ips['node']['median']:.0f} images/s vs "
-                    f"{ips['pynetdicom']['median']:.0f} for pynetdicom --ignore "
-                    f"({1000 / ips['node']['median']:.1f} vs {1000 / ips['pynetdicom']['median']:.1f} ms per image).")
-            c = rec.get("per_instance_ms")
-            if c:
-                text += (f" Measured pieces: durable write {c['write_fsync']:.2f} ms (plain write {c['write']:.2f}), "
-                         f"header parse {c['decode_header']:.2f} ms (full decode {c['decode']:.2f}).")
-                if "durable" in c:
-                    allowed = 1000 / (0.9 * ips["pynetdicom"]["median"]) - 1000 / ips["pynetdicom"]["median"]
-                    text += (f" The target leaves the node {allowed:.2f} ms per image on top of pynetdicom's own "
-                             f"receive; the durable part alone (fsync of the received file, rename into its job, "
-                             f"fsync of the job's folder) costs {c['durable']:.2f} ms here, so the target cannot "
-                             "be met on this disk while every instance is synced before its acknowledgement.")
-            text += (" The node writes the received bytes as they are and parses only the header, on a helper "
-                     "thread while the handler fsyncs the file. It receives each instance straight into a file "
-                     "(pynetdicom's chunked receive), so that no instance is held in memory; pynetdicom then "
-                     "writes the file meta and every fragment in its reading thread, about 1 ms per image more "
-                     "than into memory. The per-instance fsync of the file and of its folder stays: an "
-                     "acknowledged instance must survive a crash.")
-            ideas.append(text)
-
-    if "training" in data:
-        tr = data["training"]
-        r = tr["ratio_pipeline_to_materialised"]
-        out += ["## 4. Training efficiency", "",
-                f"The bundle's `train#dataloader` (CacheDataset over the train transforms, batch {tr['batch_size']}, "
-                f"{tr['num_workers']} workers) on {tr['data']['patients']} phantom patients at "
-                f"{tr['data']['size']} x {tr['data']['size']} ({tr['data']['train_slices']} training slices, resized to "
-                f"{tr['data']['spatial_size']}), with the bundle's network, loss and optimizer; "
-                f"{tr['steps_per_run']} steps per run, {tr['repeats']} runs per mode, interleaved, the order of the "
-                "modes rotating from run to run. The target figure is the median over runs of each run's pipeline "
-                "time divided by its materialised time (paired, so that the machine's drift cancels). Cache build "
-                f"{tr['cache_build_s']:.1f} s (once).", "",
-                "![training step](bench_training.png)", "",
-                "| mode | s/step (median) | slices/s |", "|---|---|---|",
-                f"| DataLoader, fresh iterator per run (as per epoch) | {_s(tr['step_s']['pipeline'])} | {tr['slices_per_s']['pipeline']} |",
-                f"| DataLoader, steady state (first step excluded) | {_s(tr['step_s']['pipeline_steady'])} | {tr['slices_per_s']['pipeline_steady']} |",
-                f"| batches already in memory | {_s(tr['step_s']['materialised'])} | {tr['slices_per_s']['materialised']} |",
-                f"| (evidence) same dataset, DataLoader num_workers=0 | {_s(tr['step_s']['pipeline_workers0'])} | "
-                f"{tr['slices_per_s']['pipeline_workers0']} |",
-                "",
-                f"- pipeline / materialised = **{r:.2f}** (median of the paired ratios "
-                f"{', '.join(f'{x:.2f}' for x in tr.get('ratios_per_repeat', []))}; ratio of the medians "
-                f"{tr.get('ratio_of_medians', r):.2f}; steady state {tr['ratio_steady_to_materialised']:.2f}); "
-                f"target <= 1.1: {_verdict(tr['met']['ratio'], r, 1.1, ' x')}"]
-        if tr.get("ratio_projected_bundle_epoch"):
-            out.append(f"- Projected to one epoch of the bundle's own data ({tr['bundle_epoch_steps']} steps: the first "
-                       f"step, {tr['first_step_s']:.2f} s with worker start-up, once, then the steady state): "
-                       f"**{tr['ratio_projected_bundle_epoch']:.2f}**")
-        out.append("")
-        if not tr["met"]["ratio"]:
-            ideas.append(f"Training: the data pipeline costs {r:.2f} x the in-memory step with "
-                         f"{tr['num_workers']} workers on {machine['cpu_affinity']} cores; loading in the main process "
-                         f"(num_workers=0) measured {tr['ratio_workers0_to_materialised']:.2f} x: worker processes "
-                         "compete with the step's threads for the cores. Set num_workers from the core count "
-                         "(0 on a 2-core CPU box), `persistent_workers=True` to avoid the worker start "
-                         f"({tr['first_step_s']:.2f} s first step) every epoch.")
-
-    if "memory" in data:
-        mem = data["memory"]
-        w, s = mem["worker"], mem["scp"]
-        out += ["## 5. Memory", "",
-                f"Worker: a fresh process loads the bundle, reads a {w['series']['slices']}-slice "
-                f"{w['series']['rows']} x {w['series']['cols']} series, segments it and writes the RTSTRUCT "
-                f"(`ru_maxrss`; VmHWM {w['vmhwm_kib'] * 1024 / 1e9:.3f} GB; GB = 10^9 bytes). SCP: the node receives "
-                f"{s['instances']} images of {s['image_size'][0]} x {s['image_size'][1]} over one storescu "
-                f"association; its VmRSS is sampled {s['samples']} times during the send.", "",
-                "![memory](bench_memory.png)", "",
-                "| measure | value |", "|---|---|",
-                f"| worker peak RSS | **{w['peak_gb']:.3f} GB** (target <= 3 GB: "
-                f"{'met' if w['met'] else 'missed by %.2f GB' % (w['peak_gb'] - 3.0)}) |",
-                f"| worker RSS after model load / read / segment | {w['ru_maxrss_kib']['after_model'] * 1024 / 1e9:.3f} / "
-                f"{w['ru_maxrss_kib']['after_read'] * 1024 / 1e9:.3f} / {w['ru_maxrss_kib']['after_segment'] * 1024 / 1e9:.3f} GB |",
-                "| worker stage seconds | " + ", ".join(f"{k} {v:.2f}" for k, v in w["timings"].items()) + " |",
-                f"| SCP RSS idle / max during send | {s['rss_mib']['idle_before']:.1f} / {s['rss_mib']['max']:.1f} MiB |",
-                f"| SCP RSS growth over the send / second half | {s['growth_mib']:.1f} / "
-                f"**{s['growth_second_half_mib']:.1f} MiB** (flat if <= 20 MiB: "
-                f"{'met' if mem['met']['scp_flat'] else 'missed'}) |",
-                f"| SCP receive rate of the small images | {s['images_per_s']} images/s |"]
-        if "scp_large" in mem:
-            big = mem["scp_large"]
-            out += [f"| SCP peak RSS (VmHWM) growth receiving one {big['image_size'][0]} x {big['image_size'][1]} "
-                    f"instance ({big['file_mib']:.0f} MiB) | **{big['peak_growth_mib']:.1f} MiB** "
-                    f"({big['vmhwm_mib']['before']:.1f} -> {big['vmhwm_mib']['after']:.1f} MiB; the instance is "
-                    f"received into a file, not held in memory) |"]
-        out += [""]
-
-    out += _gpu_section(data.get("gpu"))
-
-    if "rtstruct" in data:
-        rt = data["rtstruct"]
-        out += ["## RTSTRUCT writer (bench_rtstruct.py)", "",
-                f"{rt['shape']} label map, {rt['contours']} contours, {rt['points']} points, "
-                f"{rt['file_bytes'] / 1e6:.1f} MB; medians of {rt['repeats']}: write {rt['write_s_median']:.3f} s, "
-                f"write + save {rt['write_and_save_s_median']:.3f} s, read back {rt['read_s_median']:.3f} s "
-                f"(round trip exact: {rt['round_trip_exact']}).", ""]
-
-    if "real_ct" in data:
-        out += real_ct_check.render_section(data["real_ct"])
-        idea = real_ct_check.failure_summary(data["real_ct"])
-        if idea:
-            ideas.append(idea)
-
-    if "quality" in data:
-        out += bench_quality.render_section(data["quality"])
-        idea = bench_quality.failure_summary(data["quality"])
-        if idea:
-            ideas.append(idea)
-
+    for name, module in REPORT_SECTIONS:
+        result = data.get(name)
+        if result is None and name != "gpu":  # the GPU section says how to measure it
+            continue
+        out += module.report_section(result)
+        if result is not None:
+            ideas += module.report_ideas(result, machine)
     out += ["## What could help", ""]
     out += [f"- {idea}" for idea in ideas] or ["- All targets met in this run."]
     out += ["", "## Reproduce", "", "```", "make bench                         # = .venv/bin/python -m benchmarks.run_all",
@@ -497,47 +265,6 @@ def render_report(data: dict[str, dict[str, Any]], machine: dict[str, Any], comm
         out.append(f"- `{r.get('command', name)}` ({r.get('wall_s', '?')} s{where})")
     out.append("")
     return "\n".join(out)
-
-
-def _gpu_section(gpu: dict[str, Any] | None) -> list[str]:
-    """Section 6 from ``docs/gpu.json`` (written on a CUDA machine by bench_gpu; make bench does not run it)."""
-    out = ["## 6. GPU", ""]
-    if gpu is None:
-        return out + ["Not measured yet: this needs a CUDA GPU, which the machine running `make bench` lacks. On one, "
-                      f"`python -m benchmarks.bench_gpu --out {GPU_RESULT.relative_to(REPO_ROOT)}`, then "
-                      "`python -m benchmarks.run_all --report-only`.", ""]
-    dev = gpu["device"]
-    name = dev.get("gpu_name", dev["device"])
-    peak = gpu["peak_tflops"]
-    out += [f"Measured on **{name}**" + (f" ({dev['gpu_memory_gib']} GiB, CUDA {dev['cuda']})" if "cuda" in dev else "")
-            + f", torch {dev['torch']}, MONAI {dev['monai']}, {dev['date']}"
-            + (" (**smoke run**: its figures mean nothing)" if gpu.get("quick") else "")
-            + f"; command `{gpu.get('command', 'python -m benchmarks.bench_gpu')}`. Not rerun by `make bench`.", "",
-            "Training steps of the bundle's network, loss and Adam on phantom batches already on the GPU "
-            "(FLOPs per step counted by `torch.utils.flop_counter`). Peak: data sheet, dense bf16 "
-            f"{peak['data_sheet_dense_bf16'] or 'unknown'} TFLOP/s; a bf16 matrix product here "
-            f"{peak['measured_bf16_matmul'] or 'not measured'} TFLOP/s.", "",
-            "| batch | precision | slices/s | TFLOP/s | share of data-sheet peak | share of measured matmul |",
-            "|---|---|---|---|---|---|"]
-    def share(x: float | None) -> str:
-        return f"{100 * x:.1f} %" if x is not None else "-"
-
-    for r in gpu["training"]["rows"]:
-        out.append(f"| {r['batch_size']} | {r['precision']} | {r['slices_per_s']:.1f} | {r['achieved_tflops']:.2f} | "
-                   f"{share(r['share_of_sheet_peak'])} | {share(r['share_of_matmul_peak'])} |")
-    pipe = gpu["training_pipeline"]
-    inf = gpu["inference"]
-    stages = inf["stages_s"]
-    net = inf["network_only_s"]
-    out += ["", f"With the bundle's data pipeline (`train#dataloader`, {pipe['num_workers']} workers, batch "
-            f"{pipe['batch_size']}, {pipe['precision']}): **{pipe['slices_per_s']:.1f} slices/s**.", "",
-            f"Inference on a {inf['series']['slices']}-slice {inf['series']['rows']} x {inf['series']['cols']} phantom "
-            f"series (median of {inf['repeats']} after a warm-up): **{stages['total']['median']:.2f} s** from the "
-            "files to the RTSTRUCT written (" + ", ".join(f"{k} {v['median']:.3f} s" for k, v in stages.items()
-                                                            if k != "total") + ").",
-            f"The network alone: fp32 {net['fp32']['median']:.3f} s, bf16 autocast {net['bf16']['median']:.3f} s "
-            f"({100 * inf['bf16_label_mismatch_fraction']:.3f} % of voxels labelled differently).", ""]
-    return out
 
 
 def main(args: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """Shared test support: repository paths and the Dice used to check contours against truth.
 
 Test modules import these names (``from conftest import BUNDLE, dice``); the peers (DCMTK, the node as a
-subprocess) are in ``test_service_support.py``.
+subprocess) are :mod:`vacseg_monai.testing.peers`, shared with the benchmarks; the service tests' series and
+processors are in ``test_service_support.py``.
 """
 
 from __future__ import annotations

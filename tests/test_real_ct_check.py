@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.real_ct_check import failure_summary, render_section
+from benchmarks.real_ct_check import report_ideas, report_section
 from benchmarks.run_all import render_report
 from tests.test_benchmarks import MACHINE
 
@@ -34,7 +34,7 @@ RESULT = {
 
 
 def test_section_has_a_row_per_scan_with_its_verdict():
-    text = "\n".join(render_section(RESULT))
+    text = "\n".join(report_section(RESULT))
     assert ("| lung1 | pyradiomics 3.1.0 (BSD-3-Clause) | 512 x 512 x 48 | 0.57 x 0.57 x 5 | no | 33.25 | 300.0 | "
             "0.10 % | 0.9950 | **fail** (vacbag) |") in text
     assert "| 0.40 | 300.0 | 0.10 % | 0.9950 | pass |" in text
@@ -47,7 +47,9 @@ def test_section_has_a_row_per_scan_with_its_verdict():
 
 
 def test_failures_go_to_what_could_help_in_the_report():
-    summary = failure_summary(RESULT)
+    ideas = report_ideas(RESULT, MACHINE)
+    assert len(ideas) == 1
+    summary = ideas[0]
     assert summary.startswith("Real CT: 2 held-out scan(s) miss")
     assert "33.2 cm3 on lung1" in summary
     report = render_report({"real_ct": RESULT}, MACHINE, "python -m benchmarks.run_all")
@@ -55,11 +57,11 @@ def test_failures_go_to_what_could_help_in_the_report():
     assert report.index("## Real CT check") < report.index("## What could help") < report.index(summary[:30])
     assert "`python -m benchmarks.real_ct_check` (40 s)" in report
     trained = {**RESULT, "scans": [{**_row("lung1", 33.25), "used_in_training": True}, _row("lung2", 0.4)]}
-    assert failure_summary(trained) is None  # a scan used in training does not count
-    assert "| 0.57 x 0.57 x 5 | yes | 33.25 |" in "\n".join(render_section(trained))
-    assert "Held-out scans passing all three: **1 of 1** read." in "\n".join(render_section(trained))
+    assert report_ideas(trained, MACHINE) == []  # a scan used in training does not count
+    assert "| 0.57 x 0.57 x 5 | yes | 33.25 |" in "\n".join(report_section(trained))
+    assert "Held-out scans passing all three: **1 of 1** read." in "\n".join(report_section(trained))
     passing = {**RESULT, "scans": [_row("lung2", 0.4)]}
-    assert failure_summary(passing) is None
+    assert report_ideas(passing, MACHINE) == []
 
 
 def test_bundle_readme_table_is_rewritten_between_its_markers(tmp_path):

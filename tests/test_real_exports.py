@@ -242,7 +242,8 @@ def test_export_goes_through_the_node(tmp_path):
     """send_series.py (the TPS stand-in) sends the export; the node segments it; the RTSTRUCT passes dciodvfy."""
     if shutil.which("storescp") is None or shutil.which("dciodvfy") is None:
         pytest.skip("DCMTK storescp or dicom3tools dciodvfy not installed")
-    from test_service_support import REPO, StoreSCP, wait_until
+    from test_service_support import REPO
+    from vacseg_monai.testing.peers import StoreSCP, wait_until
 
     from vacseg_monai.service.config import Destination, NodeConfig
     from vacseg_monai.service.jobs import JobState

@@ -25,23 +25,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from conftest import dice_per_label
-from test_service_support import (
-    REPO,
-    NodeProcess,
-    StoreSCP,
-    echoscu,
-    edited_structure_set,
-    free_port,
-    needs_dcmtk,
-    storescu,
-    wait_until,
-    write_phantom_series,
-    write_series,
-)
+from test_service_support import REPO, edited_structure_set, needs_dcmtk, node_process, write_phantom_series, write_series
 from vacseg_monai.dicom.rtstruct import read_rtstruct
 from vacseg_monai.dicom.series import read_series
 from vacseg_monai.service.jobs import JobState, JobStore
 from vacseg_monai.service.processor import QA_PICTURE
+from vacseg_monai.testing.peers import StoreSCP, echoscu, free_port, storescu, wait_until
 
 BUNDLE = REPO / "bundles" / "vacbag_ct_segmentation"
 RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
@@ -106,7 +95,7 @@ def destination(tmp_path_factory):
 def node(tmp_path_factory, destination):
     """One node with the real bundle processor for the accuracy, concurrency and failure tests."""
     folder = tmp_path_factory.mktemp("node")
-    proc = NodeProcess(folder / "out", folder / "node.log", node_args(destination.port))
+    proc = node_process(folder / "out", folder / "node.log", node_args(destination.port))
     try:
         yield proc.start()
     finally:
@@ -291,9 +280,9 @@ def test_full_disk_refuses_with_a700_and_node_keeps_answering(tmp_path):
     anything is written, so no processor runs: the stand-in stands for the bundle here."""
     files = write_series(tmp_path / "s", 2)
     config = tmp_path / "node.toml"
-    config.write_text('processor = "vacseg_monai.service.worker:StandInProcessor"\n'
+    config.write_text('processor = "vacseg_monai.testing.processors:StandInProcessor"\n'
                       "[processor_args]\nuse_read_series = false\n")
-    proc = NodeProcess(tmp_path / "out", tmp_path / "node.log",
+    proc = node_process(tmp_path / "out", tmp_path / "node.log",
                        ["--config", str(config), "--min-free-mb", "1e12", "-v"])
     try:
         proc.start()
@@ -317,7 +306,7 @@ def test_kill_9_while_exporting_then_destination_up_after_10_s(tmp_path):
     uid = str(series.series_instance_uid)
     destination = StoreSCP(tmp_path / "dest", port=free_port())
     out = tmp_path / "out"
-    node = NodeProcess(out, tmp_path / "node1.log", node_args(destination.port))
+    node = node_process(out, tmp_path / "node1.log", node_args(destination.port))
     restarted = None
     try:
         node.start()
@@ -333,7 +322,7 @@ def test_kill_9_while_exporting_then_destination_up_after_10_s(tmp_path):
         outputs = [store.job_dir(job.job_id) / p for p in job.outputs]
         assert [p.is_file() for p in outputs] == [True]
 
-        restarted = NodeProcess(out, tmp_path / "node2.log", node_args(destination.port)).start()
+        restarted = node_process(out, tmp_path / "node2.log", node_args(destination.port)).start()
         wait_until(lambda: attempt in restarted.log(), 60, "the restarted node retrying the export")
         assert job_for(store, uid).state is JobState.EXPORTING
         down_for = 10 - (time.monotonic() - sent_at)

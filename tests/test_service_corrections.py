@@ -18,18 +18,10 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from test_service_support import (
-    REPO,
-    NodeProcess,
-    echoscu,
-    needs_dcmtk,
-    storescu,
-    wait_until,
-    edited_structure_set as edited,
-    write_banded_series,
-)
+from test_service_support import REPO, edited_structure_set as edited, needs_dcmtk, node_process, write_banded_series
 from vacseg_monai.service.corrections import CORRECTIONS_DIR, UNMATCHED_DIR
 from vacseg_monai.service.jobs import JobState, JobStore
+from vacseg_monai.testing.peers import echoscu, storescu, wait_until
 
 pytestmark = needs_dcmtk
 
@@ -55,7 +47,7 @@ def rois(entry: dict) -> dict[str, dict]:
 
 def test_corrections_matched_superseded_unmatched_and_malformed(tmp_path):
     out = tmp_path / "node"
-    node = NodeProcess(out, tmp_path / "node.log", ["--processor", "test_service_support:BandProcessor",
+    node = node_process(out, tmp_path / "node.log", ["--processor", "test_service_support:BandProcessor",
                                                     "--min-free-mb", "0", "-v"]).start()
     try:
         ct = write_banded_series(tmp_path / "ct")

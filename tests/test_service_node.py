@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -14,22 +13,13 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from test_service_support import (
-    REPO,
-    TESTS_DIR,
-    StoreSCP,
-    echoscu,
-    free_port,
-    modalities,
-    needs_dcmtk,
-    storescu,
-    wait_until,
-    write_series,
-)
+from test_service_support import REPO, modalities, needs_dcmtk, node_process, write_series
 from vacseg_monai.service.config import Destination, NodeConfig
 from vacseg_monai.service.jobs import JobState, JobStore
 from vacseg_monai.service.scp import DicomNode
-from vacseg_monai.service.worker import StandInProcessor, process_job
+from vacseg_monai.service.worker import process_job
+from vacseg_monai.testing.peers import NodeProcess, StoreSCP, echoscu, free_port, storescu, wait_until
+from vacseg_monai.testing.processors import StandInProcessor
 
 pytestmark = needs_dcmtk
 
@@ -178,40 +168,23 @@ def test_destination_never_up_fails_job_and_keeps_files(tmp_path):
         assert (node.store.job_dir(job.job_id) / job.outputs[0]).is_file()
 
 
-def _serve(tmp_path: Path, processor: str, dest_port: int) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+def _serve(tmp_path: Path, processor: str, dest_port: int) -> NodeProcess:
     config = tmp_path / "node.toml"
     config.write_text("min-free-mb = 0\nexport_retry_initial = 0.25\n[processor_args]\nuse_read_series = false\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(REPO)])}
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "scripts" / "serve_scp.py"), str(port), "-od", str(tmp_path / "node"),
-         "--config", str(config), "--processor", processor, "--destination", f"127.0.0.1:{dest_port}:DEST", "-q"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    wait_until(lambda: proc.poll() is not None or "Echo Response (Success)" in echoscu(port).stderr, 30,
-               "node answering echo")
-    assert proc.poll() is None, proc.stderr.read()
-    return proc, port
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(10)
+    args = ["--config", str(config), "--processor", processor, "--destination", f"127.0.0.1:{dest_port}:DEST", "-q"]
+    return node_process(tmp_path / "node", tmp_path / "node.log", args).start(timeout=30)
 
 
 def test_kill_9_after_acknowledge_then_restart_exports_exactly_once(tmp_path, destination):
     files = write_series(tmp_path / "s", 2)
-    proc, port = _serve(tmp_path, "test_service_support:BlockingProcessor", destination.port)
+    node = _serve(tmp_path, "test_service_support:BlockingProcessor", destination.port)
     try:
-        assert storescu(port, files).returncode == 0
+        assert storescu(node.port, files).returncode == 0
         store = JobStore(tmp_path / "node")
         wait_until(lambda: list(store.jobs_dir.glob("*/started")), 30, "processor started")
-        _kill_group(proc)  # node and worker die mid-job
+        node.kill9()  # node and worker die mid-job
         assert [j.state for j in store.jobs()] == [JobState.INFERRING]
-        proc, port = _serve(tmp_path, "vacseg_monai.service.worker:StandInProcessor", destination.port)
+        node = _serve(tmp_path, "vacseg_monai.testing.processors:StandInProcessor", destination.port)
         job = wait_finished(store, 1, timeout=30)[0]
         assert job.state is JobState.DONE and job.attempts == 2 and job.n_instances == 2
         assert len(destination.files()) == 1
@@ -219,12 +192,7 @@ def test_kill_9_after_acknowledge_then_restart_exports_exactly_once(tmp_path, de
                                  str(tmp_path / "node"), "--status"], capture_output=True, text=True, timeout=60)
         assert job.job_id in status.stdout and " done " in status.stdout
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            pass
-        _kill_group(proc)
+        node.stop(15)
     assert len(destination.files()) == 1  # not exported again on shutdown either
 
 

@@ -14,9 +14,10 @@ import pytest
 from pydicom import dcmread
 
 from test_service_bundle import BUNDLE, node_args, referenced_series, rtstructs_at, store_statuses
-from test_service_support import REPO, NodeProcess, StoreSCP, needs_dcmtk, storescu, wait_until, write_phantom_series
+from test_service_support import REPO, node_process, needs_dcmtk, write_phantom_series
 from vacseg_monai.labels import LABELS
 from vacseg_monai.service.jobs import JobState, JobStore
+from vacseg_monai.testing.peers import StoreSCP, storescu, wait_until
 
 pytestmark = [
     needs_dcmtk,
@@ -57,7 +58,7 @@ def test_hold_keeps_a_doubtful_job_until_approve_and_survives_kill_9(tmp_path):
     destination = StoreSCP(tmp_path / "dest").start()
     out = tmp_path / "node"
     args = node_args(destination.port, "--review-policy", "hold")
-    node = NodeProcess(out, tmp_path / "node.log", args)
+    node = node_process(out, tmp_path / "node.log", args)
     try:
         node.start()
         bad_files, bad_uid = _phantom(1006, tmp_path / "bad", wrong_rescale=True)
@@ -99,7 +100,7 @@ def test_hold_keeps_a_doubtful_job_until_approve_and_survives_kill_9(tmp_path):
 
 def test_send_marked_renames_the_flagged_rois(tmp_path):
     destination = StoreSCP(tmp_path / "dest").start()
-    node = NodeProcess(tmp_path / "node", tmp_path / "node.log",
+    node = node_process(tmp_path / "node", tmp_path / "node.log",
                        node_args(destination.port, "--review-policy", "send-marked", "--review-suffix", " CHECK"))
     try:
         node.start()

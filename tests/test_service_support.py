@@ -1,17 +1,14 @@
-"""Helpers for the service tests: ports, tiny series, DCMTK peers, test processors.
+"""Helpers for the service tests: tiny series, test processors, the node with them on its path.
 
-Collected by pytest but holds no tests; the worker process imports the test
-processors from here by dotted path ("test_service_support:...").
+Collected by pytest but holds no tests; the worker process imports the test processors from here by
+dotted path ("test_service_support:..."), so :func:`node_process` puts this folder on the node's
+PYTHONPATH. The peers themselves (DCMTK, the node as a subprocess, ports, waits) are
+:mod:`vacseg_monai.testing.peers`, which the benchmarks share.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,30 +16,17 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from vacseg_monai.service.worker import StandInProcessor
+from conftest import REPO
+from vacseg_monai.testing.peers import NodeProcess, dcmtk_available
+from vacseg_monai.testing.processors import StandInProcessor
 
-TESTS_DIR = Path(__file__).resolve().parent
-REPO = TESTS_DIR.parent
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-needs_dcmtk = pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK (storescu/storescp/echoscu) not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+TESTS_DIR = REPO / "tests"
+needs_dcmtk = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK (storescu/storescp/echoscu) not installed")
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Bounded wait for a condition observable only on disk or on a peer's folder."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+def node_process(output_directory: Path, log_path: Path, args: list[str], **kwargs: object) -> NodeProcess:
+    """:class:`~vacseg_monai.testing.peers.NodeProcess` with this folder on its path (for the test processors)."""
+    return NodeProcess(output_directory, log_path, args, pythonpath=[TESTS_DIR], **kwargs)
 
 
 def write_series(out_dir: Path, n_slices: int = 3, *, study_uid: str | None = None,
@@ -57,61 +41,6 @@ def write_series(out_dir: Path, n_slices: int = 3, *, study_uid: str | None = No
         study_instance_uid=study_uid or generate_uid(), series_instance_uid=series_uid or generate_uid(),
         series_description=description,
     )
-
-
-def storescu(port: int, files: list[Path], *, aet: str = "STORESCU", aec: str = "VACSEG", timeout: float = 30,
-             verbosity: str = "-v"):
-    """Send files with DCMTK storescu (one association); returns the CompletedProcess."""
-    return subprocess.run(
-        ["storescu", verbosity, "-aet", aet, "-aec", aec, "-to", "10", "127.0.0.1", str(port), *map(str, files)],
-        env=DCMTK_ENV, capture_output=True, text=True, timeout=timeout,
-    )
-
-
-def echoscu(port: int, *, aet: str = "ECHOSCU", aec: str = "VACSEG", timeout: float = 20):
-    return subprocess.run(
-        ["echoscu", "-v", "-aet", aet, "-aec", aec, "-to", "10", "127.0.0.1", str(port)],
-        env=DCMTK_ENV, capture_output=True, text=True, timeout=timeout,
-    )
-
-
-class StoreSCP:
-    """A DCMTK storescp destination on a free port, writing into ``folder``."""
-
-    def __init__(self, folder: Path, port: int | None = None, aet: str = "DEST", options: tuple[str, ...] = ()) -> None:
-        self.options = tuple(options)
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.aet = aet
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> StoreSCP:
-        self.proc = subprocess.Popen(
-            ["storescp", "-aet", self.aet, "+xa", *self.options, "-od", str(self.folder), str(self.port)],
-            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_until(self._listening, 10, f"storescp on port {self.port}")
-        return self
-
-    def _listening(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    def files(self) -> list[Path]:
-        return sorted(p for p in self.folder.iterdir() if p.is_file())
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 def modalities(files: list[Path]) -> list[str]:
@@ -178,74 +107,6 @@ def write_phantom_series(seed: int, out_dir: Path, *, size: int = 512, n_slices:
             bag_slices=(max(start - first, 0), min(stop - first, n_slices)),
         )
     return write_phantom_dicom(phantom, out_dir)
-
-
-class NodeProcess:
-    """``scripts/serve_scp.py`` as a subprocess in its own process group, logging to ``log_path``.
-
-    The worker is spawned by the node, so it shares the group and the log file:
-    :meth:`kill9` kills both like a power cut, :meth:`stop` asks for a clean stop.
-    """
-
-    def __init__(self, output_directory: Path, log_path: Path, args: list[str], *, port: int | None = None,
-                 pythonpath: list[Path] | None = None) -> None:
-        self.output_directory = Path(output_directory)
-        self.log_path = Path(log_path)
-        self.args = list(args)
-        self.port = port or free_port()
-        self.pythonpath = [str(p) for p in (pythonpath or [TESTS_DIR, REPO])]
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 60) -> NodeProcess:
-        import sys
-
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(self.pythonpath)}
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(REPO / "scripts" / "serve_scp.py"), str(self.port), "-od",
-                 str(self.output_directory), *self.args],
-                env=env, start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            )
-        try:
-            wait_until(lambda: self.proc.poll() is not None or "Echo Response (Success)" in echoscu(self.port).stderr,
-                       timeout, f"node on port {self.port} answering C-ECHO", interval=0.3)
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Node exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-        except BaseException:
-            self.kill9()
-            raise
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def kill9(self) -> None:
-        """SIGKILL the whole process group (SCP and worker), then reap the SCP."""
-        import signal
-
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
-
-    def stop(self, timeout: float = 20) -> int | None:
-        """SIGTERM (clean stop), SIGKILL of the group if it takes longer than ``timeout``; returns the exit code."""
-        import signal
-
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        code = self.proc.poll()
-        self.kill9()  # the worker too, should it outlive the SCP
-        return code
 
 
 def write_banded_series(out_dir: Path, n_slices: int = 6) -> list[Path]:

@@ -43,7 +43,6 @@ __all__ = [
     "QUALITY_FILE",
     "Processor",
     "ProcessorError",
-    "StandInProcessor",
     "WorkerProcess",
     "check_modalities",
     "load_processor",
@@ -139,71 +138,6 @@ def check_modalities(series_dir: Path, modalities: list[str]) -> None:
             raise ProcessorError(
                 f"Series is not {'/'.join(modalities)}: {path.name} has Modality {modality!r}."
             )
-
-
-class StandInProcessor:
-    """Processor used until the bundle processor exists, and in tests.
-
-    Reads the series (with :func:`vacseg_monai.dicom.series.read_series` when
-    that module is present, otherwise the headers only) and writes one small
-    Secondary Capture instance in the same study as its "result".
-
-    Args:
-        root_uid: UID root for the generated UIDs (default None: pydicom's).
-        use_read_series: validate the series with ``read_series`` (imports
-            MONAI once, at construction); False reads headers only (default True).
-        **_: other factory arguments (bundle, output) are accepted and ignored.
-    """
-
-    def __init__(self, *, root_uid: str | None = None, use_read_series: bool = True, **_: object) -> None:
-        self.root_uid = root_uid
-        self._read_series = None
-        if use_read_series:
-            try:
-                from vacseg_monai.dicom.series import read_series  # others own it
-            except ImportError:
-                logger.warning("vacseg_monai.dicom.series not available; the stand-in reads headers only")
-            else:
-                self._read_series = read_series
-
-    def __call__(self, series_dir: Path, job_dir: Path) -> list[Path]:
-        import numpy as np
-        from pydicom import dcmread
-        from pydicom.dataset import Dataset, FileMetaDataset
-        from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-        files = sorted(series_dir.glob("*.dcm"))
-        if self._read_series is not None:
-            series = self._read_series(series_dir)
-            logger.info("Stand-in read %s: volume %s", series.series_instance_uid, tuple(series.volume.shape))
-        first = dcmread(files[0], stop_before_pixels=True)
-        out_dir = job_dir / "output"
-        out_dir.mkdir(exist_ok=True)
-        ds = Dataset()
-        ds.SOPClassUID = SecondaryCaptureImageStorage
-        ds.SOPInstanceUID = generate_uid(prefix=self.root_uid)
-        ds.StudyInstanceUID = first.StudyInstanceUID
-        ds.SeriesInstanceUID = generate_uid(prefix=self.root_uid)
-        ds.PatientID = first.get("PatientID", "")
-        ds.PatientName = first.get("PatientName", "")
-        ds.Modality = "OT"
-        ds.ConversionType = "WSD"
-        ds.SeriesDescription = f"vacseg stand-in result for {len(files)} instances"
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = ds.Columns = 8
-        ds.BitsAllocated = ds.BitsStored = 8
-        ds.HighBit = 7
-        ds.PixelRepresentation = 0
-        ds.PixelData = np.zeros((8, 8), np.uint8).tobytes()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta = meta
-        path = out_dir / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        return [path]
 
 
 def load_quality(job_dir: Path) -> dict | None:

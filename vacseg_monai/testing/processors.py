@@ -1,0 +1,76 @@
+"""A worker processor without the model, for the node's tests and benchmarks.
+
+Name it as the node's processor factory: ``--processor vacseg_monai.testing.processors:StandInProcessor``
+(or ``processor = "..."`` in the node's TOML).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+__all__ = ["StandInProcessor"]
+
+logger = logging.getLogger(__name__)
+
+
+class StandInProcessor:
+    """Reads the series and writes one small Secondary Capture instance in its study as the "result".
+
+    The node around it (receiving, the queue, the export) is the real one; only the model is left out,
+    so that a test or a benchmark of the node does not wait for it.
+
+    Args:
+        root_uid: UID root for the generated UIDs (default None: pydicom's).
+        use_read_series: validate the series with :func:`vacseg_monai.dicom.series.read_series`
+            (imports MONAI once, at construction); False reads headers only (default True).
+        **_: other factory arguments (bundle, output, ...) are accepted and ignored.
+    """
+
+    def __init__(self, *, root_uid: str | None = None, use_read_series: bool = True, **_: object) -> None:
+        self.root_uid = root_uid
+        self._read_series = None
+        if use_read_series:
+            from vacseg_monai.dicom.series import read_series
+
+            self._read_series = read_series
+
+    def __call__(self, series_dir: Path, job_dir: Path) -> list[Path]:
+        """Read ``series_dir``, write ``<job_dir>/output/<uid>.dcm``; return ``[that file]``."""
+        import numpy as np
+        from pydicom import dcmread
+        from pydicom.dataset import Dataset, FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+        files = sorted(series_dir.glob("*.dcm"))
+        if self._read_series is not None:
+            series = self._read_series(series_dir)
+            logger.info("Stand-in read %s: volume %s", series.series_instance_uid, tuple(series.volume.shape))
+        first = dcmread(files[0], stop_before_pixels=True)
+        out_dir = job_dir / "output"
+        out_dir.mkdir(exist_ok=True)
+        ds = Dataset()
+        ds.SOPClassUID = SecondaryCaptureImageStorage
+        ds.SOPInstanceUID = generate_uid(prefix=self.root_uid)
+        ds.StudyInstanceUID = first.StudyInstanceUID
+        ds.SeriesInstanceUID = generate_uid(prefix=self.root_uid)
+        ds.PatientID = first.get("PatientID", "")
+        ds.PatientName = first.get("PatientName", "")
+        ds.Modality = "OT"
+        ds.ConversionType = "WSD"
+        ds.SeriesDescription = f"vacseg stand-in result for {len(files)} instances"
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = ds.Columns = 8
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.PixelRepresentation = 0
+        ds.PixelData = np.zeros((8, 8), np.uint8).tobytes()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta = meta
+        path = out_dir / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        return [path]
