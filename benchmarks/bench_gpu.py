@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO_ROOT, emit, phantom_series, stats, table, work_root
+from benchmarks.common import REPO_ROOT, bench_parser, phantom_series, run_cli, stats, table, work_root
 
 __all__ = ["GPU_RESULT", "PEAK_TFLOPS", "main", "peak_tflops", "report_ideas", "report_section", "run"]
 
@@ -407,7 +407,7 @@ def report_ideas(result: dict[str, Any], machine: dict[str, Any]) -> list[str]:
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Command line; see the module docstring."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, out_help="also write the JSON here (docs/gpu.json goes into the report)")
     parser.add_argument("--device", default="cuda", help="torch device (default cuda)")
     parser.add_argument("--quick", action="store_true", help="small smoke run (tests): 2 small patients, 8 slices")
     parser.add_argument("--steps", type=int, default=50, help="timed training steps per row (default 50)")
@@ -415,15 +415,16 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=5, help="inference runs after one warm-up (default 5)")
     parser.add_argument("--peak-tflops", type=float, help="data-sheet dense bf16 peak, if the table lacks the GPU")
     parser.add_argument("--matmul-n", type=int, default=8192, help="size of the measured bf16 matrix product")
-    parser.add_argument("--out", type=Path, help="also write the JSON here (docs/gpu.json goes into the report)")
-    opts = parser.parse_args(args)
-    if opts.steps < 1 or opts.repeats < 1 or opts.big_batch < 1:
-        parser.error("--steps, --repeats and --big-batch must be at least 1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    result = run(opts.device, quick=opts.quick, steps=opts.steps, big_batch=opts.big_batch, repeats=opts.repeats,
-                 peak=opts.peak_tflops, matmul_n=opts.matmul_n)
-    result["command"] = " ".join(["python -m benchmarks.bench_gpu", *(args if args is not None else sys.argv[1:])])
-    return emit(result, summary(result), opts.out)
+
+    def measure(opts: argparse.Namespace) -> dict[str, Any]:
+        if opts.steps < 1 or opts.repeats < 1 or opts.big_batch < 1:
+            parser.error("--steps, --repeats and --big-batch must be at least 1")
+        result = run(opts.device, quick=opts.quick, steps=opts.steps, big_batch=opts.big_batch,
+                     repeats=opts.repeats, peak=opts.peak_tflops, matmul_n=opts.matmul_n)
+        result["command"] = " ".join(["python -m benchmarks.bench_gpu", *(args if args is not None else sys.argv[1:])])
+        return result
+
+    return run_cli(parser, args, measure, summary, level=logging.INFO)
 
 
 if __name__ == "__main__":

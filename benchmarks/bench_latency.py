@@ -19,7 +19,6 @@ from the job history: release + queueing, worker wake-up, export.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -28,7 +27,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import emit, machine_info, phantom_series, seconds_cell, stats, table, verdict, work_root
+from benchmarks.common import (
+    add_series_options,
+    bench_parser,
+    machine_info,
+    phantom_series,
+    run_cli,
+    seconds_cell,
+    stats,
+    table,
+    verdict,
+    work_root,
+)
 from vacseg_monai.testing.peers import wait_until
 
 __all__ = ["main", "report_ideas", "report_section", "run"]
@@ -257,16 +267,11 @@ def report_ideas(result: dict[str, Any], machine: dict[str, Any]) -> list[str]:
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Command line; see the module docstring."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=5, help="measured runs (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured first runs (default 1)")
-    parser.add_argument("--slices", type=int, default=100, help="slices of the series (default 100)")
-    parser.add_argument("--size", type=int, default=512, help="rows = columns (default 512)")
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
-    opts = parser.parse_args(args)
-    logging.basicConfig(level=logging.WARNING)
-    result = run(opts.repeats, opts.slices, opts.size, opts.warmup)
-    return emit(result, summary(result), opts.out)
+    add_series_options(parser)
+    return run_cli(parser, args, lambda opts: run(opts.repeats, opts.slices, opts.size, opts.warmup), summary)
 
 
 if __name__ == "__main__":

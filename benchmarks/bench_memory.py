@@ -35,9 +35,12 @@ from typing import Any
 from benchmarks.common import (
     PYTHON,
     REPO_ROOT,
+    add_series_options,
     bench_node,
+    bench_parser,
     emit,
     machine_info,
+    parse_cli,
     phantom_series,
     proc_status_kb,
     small_series,
@@ -251,16 +254,14 @@ def report_ideas(result: dict[str, Any], machine: dict[str, Any]) -> list[str]:
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Command line; see the module docstring."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slices", type=int, default=300, help="slices of the worker's series (default 300)")
-    parser.add_argument("--size", type=int, default=512, help="rows = columns of that series (default 512)")
+    parser = bench_parser(__doc__)
+    add_series_options(parser, slices=300, slices_help="slices of the worker's series",
+                       size_help="rows = columns of that series")
     parser.add_argument("--instances", type=int, default=1000, help="instances sent to the SCP (default 1000)")
     parser.add_argument("--scp-size", type=int, default=64, help="rows = columns of those instances (default 64)")
     parser.add_argument("--large-size", type=int, default=8192, help="rows = columns of the large instance (default 8192)")
     parser.add_argument("--child-segment", metavar="SERIES_DIR", help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
-    opts = parser.parse_args(args)
-    logging.basicConfig(level=logging.WARNING)
+    opts = parse_cli(parser, args)
     if opts.child_segment:
         child = _child_segment(opts.child_segment)
         print(json.dumps(child))

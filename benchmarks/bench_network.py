@@ -21,13 +21,20 @@ Outputs of every variant are checked against ``bundle`` (same argmax on >= 99.9 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.common import emit, machine_info, phantom_series, stats, table
+from benchmarks.common import (
+    add_series_options,
+    bench_parser,
+    machine_info,
+    phantom_series,
+    run_cli,
+    stats,
+    table,
+)
 
 __all__ = ["main", "report_ideas", "report_section", "run"]
 
@@ -173,15 +180,10 @@ def report_ideas(result: dict[str, Any], machine: dict[str, Any]) -> list[str]:
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Command line; see the module docstring."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant (default 5)")
-    parser.add_argument("--slices", type=int, default=100, help="slices of the series (default 100)")
-    parser.add_argument("--size", type=int, default=512, help="rows = columns (default 512)")
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
-    opts = parser.parse_args(args)
-    logging.basicConfig(level=logging.WARNING)
-    result = run(opts.repeats, opts.slices, opts.size)
-    return emit(result, summary(result), opts.out)
+    add_series_options(parser)
+    return run_cli(parser, args, lambda opts: run(opts.repeats, opts.slices, opts.size), summary)
 
 
 if __name__ == "__main__":

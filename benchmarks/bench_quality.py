@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from benchmarks.common import REPO_ROOT, emit, machine_info, table
+from benchmarks.common import REPO_ROOT, bench_parser, machine_info, run_cli, table
 
 if TYPE_CHECKING:
     from vacseg_monai.inputs import InferenceInput
@@ -594,7 +594,7 @@ def summary(result: dict[str, Any]) -> str:
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Command line; see the module docstring."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--phantoms", type=int, default=4, help="held-out phantoms, seeds 1000.. (default 4)")
     parser.add_argument("--max-slices", type=int, default=64, help="centre crop of each phantom (default 64)")
     parser.add_argument("--size", type=int, default=512, help="phantom rows = columns (default 512)")
@@ -603,13 +603,13 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-real-ct", action="store_true", help="leave out the real CT scans")
     parser.add_argument("--plot", type=Path, default=REPO_ROOT / "docs" / "quality_roc.png",
                         help="ROC plot PNG (default docs/quality_roc.png)")
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
-    opts = parser.parse_args(args)
-    if opts.phantoms < 1 or opts.max_slices < 1:
-        parser.error(f"--phantoms and --max-slices must be >= 1, got {opts.phantoms} and {opts.max_slices}.")
-    logging.basicConfig(level=logging.WARNING)
-    result = run(opts.phantoms, opts.max_slices, opts.size, opts.bundle, opts.ckpt, not opts.no_real_ct, opts.plot)
-    return emit(result, summary(result), opts.out)
+
+    def measure(opts: argparse.Namespace) -> dict[str, Any]:
+        if opts.phantoms < 1 or opts.max_slices < 1:
+            parser.error(f"--phantoms and --max-slices must be >= 1, got {opts.phantoms} and {opts.max_slices}.")
+        return run(opts.phantoms, opts.max_slices, opts.size, opts.bundle, opts.ckpt, not opts.no_real_ct, opts.plot)
+
+    return run_cli(parser, args, measure, summary)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ node >= 0.9 x pynetdicom ``--ignore``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import tempfile
@@ -29,10 +28,12 @@ from typing import Any
 
 from benchmarks.common import (
     BENCH_AET,
+    add_series_options,
     bench_node,
-    emit,
+    bench_parser,
     machine_info,
     phantom_series,
+    run_cli,
     stats,
     table,
     verdict,
@@ -230,16 +231,11 @@ def report_ideas(result: dict[str, Any], machine: dict[str, Any]) -> list[str]:
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Command line; see the module docstring."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=5, help="measured sends per SCP (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured first sends per SCP (default 1)")
-    parser.add_argument("--slices", type=int, default=100, help="images in the series (default 100)")
-    parser.add_argument("--size", type=int, default=512, help="rows = columns (default 512)")
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
-    opts = parser.parse_args(args)
-    logging.basicConfig(level=logging.WARNING)
-    result = run(opts.repeats, opts.slices, opts.size, opts.warmup)
-    return emit(result, summary(result), opts.out)
+    add_series_options(parser, slices_help="images in the series")
+    return run_cli(parser, args, lambda opts: run(opts.repeats, opts.slices, opts.size, opts.warmup), summary)
 
 
 if __name__ == "__main__":

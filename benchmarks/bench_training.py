@@ -26,7 +26,6 @@ Target: pipeline step time <= 1.1 x materialised. Slices/s = batch x steps / sec
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import time
@@ -36,8 +35,9 @@ from typing import Any
 from benchmarks.common import (
     BENCH_PHANTOM_VERSION,
     CACHE_DIR,
-    emit,
+    bench_parser,
     machine_info,
+    run_cli,
     seconds_cell,
     stats,
     table,
@@ -267,17 +267,14 @@ def report_ideas(result: dict[str, Any], machine: dict[str, Any]) -> list[str]:
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Command line; see the module docstring."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=5, help="runs of each mode (default 5)")
     parser.add_argument("--steps", type=int, default=10, help="training steps per run (default 10)")
     parser.add_argument("--patients", type=int, default=3, help="phantom patients, one validates (default 3)")
     parser.add_argument("--size", type=int, default=512, help="rows = columns of the phantoms (default 512)")
     parser.add_argument("--num-workers", type=int, help="override the bundle's num_workers")
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
-    opts = parser.parse_args(args)
-    logging.basicConfig(level=logging.WARNING)
-    result = run(opts.repeats, opts.steps, opts.patients, opts.size, opts.num_workers)
-    return emit(result, summary(result), opts.out)
+    return run_cli(parser, args, lambda opts: run(opts.repeats, opts.steps, opts.patients, opts.size,
+                                                  opts.num_workers), summary)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ bounded waits are :mod:`vacseg_monai.testing.peers`, which the tests share.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import json
+import logging
 import os
 import platform
 import shutil
@@ -17,10 +19,11 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from vacseg_monai.logs import setup_logging
 from vacseg_monai.testing.peers import NodeProcess
 
 __all__ = [
@@ -28,11 +31,15 @@ __all__ = [
     "CACHE_DIR",
     "REPO_ROOT",
     "RESULTS_DIR",
+    "add_series_options",
     "bench_node",
+    "bench_parser",
     "emit",
     "machine_info",
+    "parse_cli",
     "phantom_series",
     "proc_status_kb",
+    "run_cli",
     "seconds_cell",
     "small_series",
     "stats",
@@ -149,6 +156,46 @@ def emit(result: dict[str, Any], summary: str, out: str | os.PathLike[str] | Non
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=1))
     return result
+
+
+def bench_parser(doc: str | None, *, out_help: str = "also write the JSON here") -> argparse.ArgumentParser:
+    """The command line a bench module starts from: its docstring as the help, and ``--out``.
+
+    Args:
+        doc: the module's docstring.
+        out_help: help of ``--out`` (default "also write the JSON here").
+    """
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help=out_help)
+    return parser
+
+
+def add_series_options(parser: argparse.ArgumentParser, *, slices: int = 100,
+                       slices_help: str = "slices of the series", size_help: str = "rows = columns") -> None:
+    """Add ``--slices`` (default ``slices``) and ``--size`` (default 512), the test series' shape."""
+    parser.add_argument("--slices", type=int, default=slices, help=f"{slices_help} (default {slices})")
+    parser.add_argument("--size", type=int, default=512, help=f"{size_help} (default 512)")
+
+
+def parse_cli(parser: argparse.ArgumentParser, args: list[str] | None, *, level: int = logging.WARNING
+              ) -> argparse.Namespace:
+    """Parse ``args`` (None: the command line) and set up this process's logging at ``level`` (default WARNING)."""
+    opts = parser.parse_args(args)
+    setup_logging(level)
+    return opts
+
+
+def run_cli(parser: argparse.ArgumentParser, args: list[str] | None,
+            measure: Callable[[argparse.Namespace], dict[str, Any]], summary: Callable[[dict[str, Any]], str], *,
+            level: int = logging.WARNING) -> dict[str, Any]:
+    """A bench module's ``main``: parse (:func:`parse_cli`), ``measure(opts)``, then :func:`emit` with ``summary``.
+
+    Returns:
+        The result of ``measure``.
+    """
+    opts = parse_cli(parser, args, level=level)
+    result = measure(opts)
+    return emit(result, summary(result), opts.out)
 
 
 def proc_status_kb(pid: int, field: str = "VmRSS") -> int | None:

@@ -19,7 +19,6 @@ One PNG per scan goes to ``--pictures`` (default ``docs/``).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -27,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO_ROOT, emit, machine_info, table
+from benchmarks.common import REPO_ROOT, bench_parser, emit, machine_info, parse_cli, table
 
 __all__ = ["DEFAULT_SCANS", "DOCS_BEGIN", "DOCS_END", "main", "report_ideas", "report_section", "run", "table_lines",
            "update_bundle_readme"]
@@ -196,27 +195,29 @@ def update_bundle_readme(result: dict[str, Any], readme: Path, command: str) -> 
 
 def main(args: list[str] | None = None) -> int:
     """Command line; see the module docstring."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, out_help="write the JSON here too")
     parser.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the shipped bundle)")
     parser.add_argument("--ckpt", type=Path, default=None, help="model weights (default: the bundle's models/model.pt)")
     parser.add_argument("--scans", nargs="+", default=list(DEFAULT_SCANS), help="public scan keys to check")
     parser.add_argument("--used-in-training", nargs="*", default=None, metavar="KEY",
                         help="scans the model was trained on (default: vacseg_monai.realct.TRAINING_SCANS, none)")
     parser.add_argument("--pictures", type=Path, default=REPO_ROOT / "docs", help="PNG folder (default docs)")
-    parser.add_argument("--out", default=None, help="write the JSON here too")
     parser.add_argument("--update-docs", action="store_true", help="rewrite the table in the bundle's docs/README.md")
-    opts = parser.parse_args(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    opts = parse_cli(parser, args, level=logging.INFO)
     result = run(opts.scans, opts.bundle, opts.ckpt, opts.pictures, opts.used_in_training)
-    rows = [[r["scan"], " x ".join(map(str, r["shape"])) or "-", _cell(r, "vacbag_cm3", ".2f"),
-             _cell(r, "couch_cm3", ".1f"), _cell(r, "couch_inside_body_share", ".4f"), _cell(r, "body_dice", ".4f"),
-             _verdict(r).replace("**", "")] for r in result["scans"]]
-    emit(result, table(rows, ["scan", "shape", "Vacbag cm3", "Couch cm3", "Couch in body", "Body Dice", "result"]),
-         opts.out)
+    emit(result, _summary(result), opts.out)
     if opts.update_docs:
         readme = Path(result["bundle"]) if Path(result["bundle"]).is_absolute() else REPO_ROOT / result["bundle"]
         update_bundle_readme(result, readme / "docs" / "README.md", "python -m benchmarks.real_ct_check --update-docs")
     return 0
+
+
+def _summary(result: dict[str, Any]) -> str:
+    """The human-readable table: a row per scan."""
+    rows = [[r["scan"], " x ".join(map(str, r["shape"])) or "-", _cell(r, "vacbag_cm3", ".2f"),
+             _cell(r, "couch_cm3", ".1f"), _cell(r, "couch_inside_body_share", ".4f"), _cell(r, "body_dice", ".4f"),
+             _verdict(r).replace("**", "")] for r in result["scans"]]
+    return table(rows, ["scan", "shape", "Vacbag cm3", "Couch cm3", "Couch in body", "Body Dice", "result"])
 
 
 if __name__ == "__main__":
