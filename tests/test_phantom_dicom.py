@@ -130,6 +130,8 @@ def test_bad_arguments(tmp_path):
         write_phantom_dicom(phantom, tmp_path, orientation="SUPINE")
     with pytest.raises(ValueError, match="root_uid"):
         write_phantom_dicom(phantom, tmp_path, root_uid="1.2.3")
+    with pytest.raises(ValueError, match="without leading zeros.*got '1.2.03.'"):  # the output layer's rule
+        write_phantom_dicom(phantom, tmp_path, root_uid="1.2.03.")
     broken = dataclasses.replace(phantom, labels=phantom.labels[:, :, :2])
     with pytest.raises(ValueError, match="phantom_001"):
         write_phantom_dicom(broken, tmp_path)

@@ -28,7 +28,8 @@ from typing import Any, NamedTuple
 from pydicom.uid import ExplicitVRLittleEndian
 
 from vacseg_monai.dicom.geometry import PatientPosition
-from vacseg_monai.dicom.synthetic import DEFAULT_ROOT_UID, write_ct_series
+from vacseg_monai.dicom.outputs import DEFAULT_ROOT_UID, check_root_uid
+from vacseg_monai.dicom.synthetic import write_ct_series
 from vacseg_monai.phantom import DEFAULT_VERSION, Phantom, generate_phantom
 from vacseg_monai.phantom.model import OUTSIDE_HU
 
@@ -149,8 +150,8 @@ def write_phantom_dicom(
             default "HFS"), or ``"auto"``: HFS when the phantom's slice 0 is caudal and FFS
             when it is cranial (``phantom.extra["cranial_first"]``), so that the head lies
             at the patient-superior end. The displayed image is the same for every value.
-        root_uid: UID root for every generated UID (default the pydicom example root; must
-            end with ".").
+        root_uid: UID root for every generated UID (default the pydicom example root), checked by
+            :func:`vacseg_monai.dicom.outputs.check_root_uid`.
         transfer_syntax: transfer syntax of the CT files (default Explicit VR Little Endian).
         file_names: CT file naming, ``"uid"`` (default) or ``"random"``; see
             :func:`vacseg_monai.dicom.synthetic.write_ct_series`.
@@ -160,7 +161,7 @@ def write_phantom_dicom(
 
     Raises:
         ValueError: if the phantom's image and labels differ in shape, the orientation is
-            unknown, or ``root_uid`` does not end with ".".
+            unknown, or ``root_uid`` is not a UID root.
     """
     from vacseg_monai.dicom.rtstruct import write_rtstruct
     from vacseg_monai.dicom.series import read_series
@@ -170,8 +171,7 @@ def write_phantom_dicom(
             f"Phantom {phantom.patient_id}: image {phantom.image.shape} and labels {phantom.labels.shape} "
             "must be equal 3D shapes (rows, cols, n_slices)."
         )
-    if not str(root_uid).endswith("."):
-        raise ValueError(f"`root_uid` must end with '.', got {root_uid!r}.")
+    check_root_uid(root_uid)
     position = _resolve_orientation(phantom, orientation)
     folder_name = _SAFE_NAME.sub("_", phantom.patient_id).strip("._") or "patient"
     patient_dir = Path(out_dir) / folder_name
