@@ -17,7 +17,7 @@ from test_service_support import REPO, modalities, needs_dcmtk, node_process, wr
 from vacseg_monai.service.config import Destination, NodeConfig
 from vacseg_monai.service.jobs import JobState, JobStore
 from vacseg_monai.service.scp import DicomNode
-from vacseg_monai.service.worker import process_job
+from vacseg_monai.service.worker import ProcessorError, check_modalities, process_job
 from vacseg_monai.testing.peers import NodeProcess, StoreSCP, echoscu, free_port, storescu, wait_until
 from vacseg_monai.testing.processors import StandInProcessor
 
@@ -87,12 +87,30 @@ def test_series_round_trip_with_echo_resend_and_non_ct(tmp_path, destination):
         assert failed.reason == f"ValueError: refusing series {dcmread(bad[0]).SeriesInstanceUID} as asked"
         mr_job = jobs[str(mr.SeriesInstanceUID)]
         assert mr_job.state is JobState.FAILED and "has Modality 'MR'" in mr_job.reason
+        # the SCP recorded each modality with its first file; the worker checked that, not the headers again
+        assert mr_job.modalities == {"MR": f"{mr.SOPInstanceUID}.dcm"}
+        assert jobs[series_a].modalities == {"CT": f"{dcmread(a[0]).SOPInstanceUID}.dcm"}
         # stored bytes are the bytes sent (no decode/re-encode): same pixel data and UIDs
         stored = node.store.series_dir(jobs[series_a].job_id) / f"{dcmread(a[1]).SOPInstanceUID}.dcm"
         assert dcmread(stored).PixelData == dcmread(a[1]).PixelData
         # destination got 2 stand-in results + the 5 CT instances sent back
         received = wait_until(lambda: len(destination.files()) >= 7 and destination.files(), 10, "7 files")
         assert modalities(received) == ["CT"] * 5 + ["OT"] * 2
+
+
+def test_modality_check_reads_headers_only_for_a_job_the_scp_did_not_record(tmp_path):
+    files = write_series(tmp_path / "s", 2)
+    ds = dcmread(files[1])
+    ds.Modality = "MR"
+    ds.save_as(files[1])
+    with pytest.raises(ProcessorError, match=rf"^Series is not CT: {files[1].name} has Modality 'MR'\.$"):
+        check_modalities(tmp_path / "s", ["CT"])  # a recovered job: the headers are read
+    check_modalities(tmp_path / "s", ["CT", "MR"])
+    check_modalities(tmp_path / "missing", ["CT"], {"CT": "a.dcm"})  # recorded by the SCP: no file is read
+    with pytest.raises(ProcessorError, match=r"^Series is not CT: b\.dcm has Modality 'RTPLAN'\.$"):
+        check_modalities(tmp_path / "missing", ["CT"], {"CT": "a.dcm", "RTPLAN": "b.dcm"})
+    with pytest.raises(ProcessorError, match="No instances in"):
+        check_modalities(tmp_path / "missing", ["CT"])
 
 
 def test_series_spread_over_associations_uses_quiet_timer(tmp_path):

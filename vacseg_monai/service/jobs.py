@@ -111,6 +111,9 @@ class Job:
         corrections: one entry per corrected structure set received for this job, oldest first
             (:mod:`vacseg_monai.service.corrections`): file, status, edit metrics per ROI.
         correction: the file of the latest correction (the one that supersedes the others), or None.
+        modalities: each Modality value the SCP stored in the series, with the file of the first instance that
+            had it; None until the series is complete, and for a job recovered after a crash (the worker then
+            reads the headers).
     """
 
     job_id: str
@@ -129,6 +132,7 @@ class Job:
     frame_of_reference_uid: str = ""
     corrections: list[dict] = field(default_factory=list)
     correction: str | None = None
+    modalities: dict[str, str] | None = None
 
     def to_dict(self) -> dict:
         """Return the JSON-serialisable record."""

@@ -96,6 +96,7 @@ class _OpenSeries:
     sop_uids: set[str] = field(default_factory=set)
     associations: set[int] = field(default_factory=set)
     timer: threading.Timer | None = None
+    modalities: dict[str, str] = field(default_factory=dict)  # Modality -> file of its first instance
 
 
 class SeriesAssembler:
@@ -158,6 +159,7 @@ class SeriesAssembler:
         *,
         synced: bool = False,
         frame_of_reference_uid: str = "",
+        modality: str = "",
     ) -> bool:
         """Write one instance durably into its series job.
 
@@ -172,6 +174,8 @@ class SeriesAssembler:
             synced: True if the file ``data`` is already fsync'ed (:func:`~vacseg_monai.service.jobs.fsync_file`);
                 its rename into the job is still synced here.
             frame_of_reference_uid: the instance's FrameOfReferenceUID, recorded on a new job (default "").
+            modality: the instance's Modality, recorded on the job once the series is complete, so that the
+                worker need not read the headers again to check it (default "").
 
         Returns:
             True if written, False if it was a duplicate of an instance already
@@ -208,6 +212,8 @@ class SeriesAssembler:
             with self._lock:
                 series.sop_uids.discard(sop_uid)
             raise
+        with self._lock:
+            series.modalities.setdefault(modality, target.name)
         if opened is not None and self.on_open is not None:
             self.on_open(opened)
         return True
@@ -257,7 +263,8 @@ class SeriesAssembler:
 
     def _complete(self, series: _OpenSeries) -> None:
         try:
-            self.store.transition(series.job_id, JobState.QUEUED, n_instances=len(series.sop_uids))
+            self.store.transition(series.job_id, JobState.QUEUED, n_instances=len(series.sop_uids),
+                                  modalities=dict(series.modalities))
         except Exception:
             logger.exception("Cannot queue job %s", series.job_id)
             return
@@ -414,6 +421,7 @@ def _check_and_store(
             id(assoc), assoc.requestor.ae_title, uids["StudyInstanceUID"], uids["SeriesInstanceUID"],
             uids["SOPInstanceUID"], data, synced=received is not None,
             frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
+            modality=str(ds.get("Modality", "") or ""),
         )
     except OSError:
         logger.exception("Cannot write instance %s from %s", uids["SOPInstanceUID"], peer)

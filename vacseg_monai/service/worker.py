@@ -32,7 +32,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 from vacseg_monai.logs import setup_logging
 from vacseg_monai.service.config import NodeConfig, ReviewPolicy
@@ -116,28 +116,35 @@ def load_processor(spec: str, **kwargs) -> Processor:
         raise ProcessorError(f"Processor factory {spec!r} failed: {exc}") from exc
 
 
-def check_modalities(series_dir: Path, modalities: list[str]) -> None:
-    """Raise if any instance in ``series_dir`` has a modality not in ``modalities``.
+def check_modalities(series_dir: Path, modalities: list[str], seen: Mapping[str, str] | None = None) -> None:
+    """Raise if the series holds an instance whose modality is not in ``modalities``.
 
     Args:
         series_dir: the job's series directory.
         modalities: accepted Modality values, e.g. ``["CT"]``.
+        seen: the modalities the SCP stored, each with the file of its first instance (:attr:`Job.modalities`),
+            so that no header is read again; None (a job recovered after a crash) reads the headers (default None).
 
     Raises:
-        ProcessorError: naming the first offending file and its modality.
+        ProcessorError: naming an offending file and its modality, or when the series holds no instance.
     """
+    for modality, name in (_read_modalities(series_dir) if seen is None else seen).items():
+        if modality not in modalities:
+            raise ProcessorError(f"Series is not {'/'.join(modalities)}: {name} has Modality {modality!r}.")
+
+
+def _read_modalities(series_dir: Path) -> dict[str, str]:
+    """Each Modality in the headers of ``series_dir``, with its first file by name."""
     from pydicom import dcmread
 
     files = sorted(series_dir.glob("*.dcm"))
     if not files:
         raise ProcessorError(f"No instances in {series_dir}.")
+    seen: dict[str, str] = {}
     for path in files:
         ds = dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
-        modality = str(ds.get("Modality", ""))
-        if modality not in modalities:
-            raise ProcessorError(
-                f"Series is not {'/'.join(modalities)}: {path.name} has Modality {modality!r}."
-            )
+        seen.setdefault(str(ds.get("Modality", "")), path.name)
+    return seen
 
 
 def load_quality(job_dir: Path) -> dict | None:
@@ -190,7 +197,7 @@ def process_job(
             return _fail(store, job, f"processing was interrupted {job.attempts} times (worker crash?)")
         job = store.transition(job_id, JobState.INFERRING, attempts=job.attempts + 1)
         try:
-            check_modalities(store.series_dir(job_id), config.modalities)
+            check_modalities(store.series_dir(job_id), config.modalities, job.modalities)
             outputs = [Path(p) for p in processor(store.series_dir(job_id), job_dir)]
             missing = [str(p) for p in outputs if not p.is_file()]
             if missing:
