@@ -26,15 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.common import (
-    add_series_options,
-    bench_parser,
-    machine_info,
-    phantom_series,
-    run_cli,
-    stats,
-    table,
-)
+from benchmarks.common import add_series_options, bench_parser, machine_info, phantom_series, run_cli, stats, table
 
 __all__ = ["main", "report_ideas", "report_section", "run"]
 

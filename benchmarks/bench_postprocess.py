@@ -23,15 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from benchmarks.common import (
-    add_series_options,
-    bench_parser,
-    machine_info,
-    phantom_series,
-    run_cli,
-    stats,
-    table,
-)
+from benchmarks.common import add_series_options, bench_parser, machine_info, phantom_series, run_cli, stats, table
 
 __all__ = ["main", "report_ideas", "report_section", "run"]
 
