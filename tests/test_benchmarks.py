@@ -81,6 +81,7 @@ def test_gpu_peak_table_picks_the_variant_named():
     assert peak_tflops("Some New Accelerator") is None
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_smoke_run_on_cpu_and_its_report_section(tmp_path):
     """The GPU script runs end to end (here on the CPU, small); FLOPs scale with the batch, the rates follow from
     the timings, and the report shows the section; without a recorded run it says how to make one."""

@@ -182,6 +182,7 @@ def test_monai_reads_every_required_package_from_metadata():
     assert {"vacseg_monai", "pytorch-ignite", "nibabel", "tensorboard", "tqdm"} <= set(required)
 
 
+@pytest.mark.slow
 def test_verify_metadata_command_passes_and_names_a_missing_key(tmp_path, meta_schema):
     """``python -m monai.bundle verify_metadata`` as a user runs it, with MONAI's schema given by --filepath.
 
@@ -206,6 +207,7 @@ def test_verify_metadata_command_passes_and_names_a_missing_key(tmp_path, meta_s
 # ------------------------------------------------------------------ multi_gpu_train.json on CPU
 
 
+@pytest.mark.slow
 def test_multi_gpu_train_runs_two_gloo_ranks_on_cpu(tmp_path):
     _make_layout(tmp_path / "data")
     port = _free_port()

@@ -63,6 +63,7 @@ def trained(tmp_path_factory):
     return root, overrides, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_training_writes_best_last_and_interval_checkpoints(trained):
     root, _, log = trained
     models = root / "models"
@@ -73,6 +74,7 @@ def test_training_writes_best_last_and_interval_checkpoints(trained):
     assert len(re.findall(r"Epoch\[\d\] Metrics -- val_mean_dice: \d\.\d+", log)) == 2
 
 
+@pytest.mark.slow
 def test_best_checkpoint_loads_into_unet_with_overridden_channels(trained):
     root, _, _ = trained
     state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
@@ -90,6 +92,7 @@ def test_best_checkpoint_loads_into_unet_with_overridden_channels(trained):
     assert out.shape == (1, 4, SIZE, SIZE)
 
 
+@pytest.mark.slow
 def test_last_checkpoint_resumes_at_epoch_two(trained):
     root, _, _ = trained
     last = torch.load(root / "models" / "model_last.pt", map_location="cpu", weights_only=False)
@@ -99,6 +102,7 @@ def test_last_checkpoint_resumes_at_epoch_two(trained):
     assert trainer["iteration"] == 2 * 6
 
 
+@pytest.mark.slow
 def test_evaluate_config_reloads_best_model(trained):
     root, overrides, log = trained
     best = max(float(v) for v in re.findall(r"val_mean_dice: (\d\.\d+)", log))
@@ -112,6 +116,7 @@ def test_evaluate_config_reloads_best_model(trained):
     assert len(rows) == 12 and all("/p0/" in r["filename"] or "/p1/" in r["filename"] for r in rows)
 
 
+@pytest.mark.slow
 def test_finetune_starts_from_a_checkpoint_and_never_overwrites_one(trained):
     root, overrides, _ = trained
     pretrained = root / "models" / "model.pt"

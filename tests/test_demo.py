@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from pydicom import dcmread
 
 from vacseg_monai.demo import run_demo
 from vacseg_monai.dicom.series import list_series
 
 
+@pytest.mark.slow
 def test_demo_can_be_run_again_in_the_same_folder(tmp_path):
     first = run_demo(tmp_path, size=128, timeout=120, log_level="WARNING")
     second = run_demo(tmp_path, size=128, timeout=120, log_level="WARNING")

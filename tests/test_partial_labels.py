@@ -173,6 +173,7 @@ def _couch_dice(model_path, image: np.ndarray, labels: np.ndarray) -> float:
     return dice(pred == COUCH, labels == COUCH)
 
 
+@pytest.mark.slow
 def test_patients_annotated_without_couch_do_not_teach_no_couch(tmp_path):
     rng = np.random.default_rng(7)
     volumes = {name: _toy_patient(rng, 8) for name in ("a_val", "b_full", "c_part", "d_part", "e_part", "f_part")}

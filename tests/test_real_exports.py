@@ -238,6 +238,7 @@ def test_only_localizers_or_no_ct_is_a_clear_error(tmp_path, slice693):
 # --------------------------------------------------------------------------- the whole node
 
 
+@pytest.mark.slow
 def test_export_goes_through_the_node(tmp_path):
     """send_series.py (the TPS stand-in) sends the export; the node segments it; the RTSTRUCT passes dciodvfy."""
     if shutil.which("storescp") is None or shutil.which("dciodvfy") is None:

@@ -102,6 +102,7 @@ def node(tmp_path_factory, destination):
         proc.stop()
 
 
+@pytest.mark.slow
 def test_512_phantom_round_trip_with_the_shipped_model(tmp_path, node, destination):
     """storescu -> node -> bundle -> storescp: a valid RTSTRUCT whose contours match the truth."""
     phantom = write_phantom_series(1000, tmp_path)
@@ -297,6 +298,7 @@ def test_full_disk_refuses_with_a700_and_node_keeps_answering(tmp_path):
         proc.stop()
 
 
+@pytest.mark.slow
 def test_kill_9_while_exporting_then_destination_up_after_10_s(tmp_path):
     """kill -9 of SCP + worker after the acknowledgement, while the job waits to export to a destination
     that is down; the restarted node resumes the export and retries; the destination comes up 10 s after

@@ -45,6 +45,7 @@ def rois(entry: dict) -> dict[str, dict]:
     return {roi["roi"]: roi for roi in entry["rois"]}
 
 
+@pytest.mark.slow
 def test_corrections_matched_superseded_unmatched_and_malformed(tmp_path):
     out = tmp_path / "node"
     node = node_process(out, tmp_path / "node.log", ["--processor", "test_service_support:BandProcessor",

@@ -54,6 +54,7 @@ def _serve_scp(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=60)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_hold_keeps_a_doubtful_job_until_approve_and_survives_kill_9(tmp_path):
     destination = StoreSCP(tmp_path / "dest").start()
     out = tmp_path / "node"
@@ -98,6 +99,7 @@ def test_hold_keeps_a_doubtful_job_until_approve_and_survives_kill_9(tmp_path):
         destination.stop()
 
 
+@pytest.mark.slow
 def test_send_marked_renames_the_flagged_rois(tmp_path):
     destination = StoreSCP(tmp_path / "dest").start()
     node = node_process(tmp_path / "node", tmp_path / "node.log",
