@@ -30,9 +30,11 @@ from typing import Any
 from benchmarks.common import (
     add_series_options,
     bench_parser,
+    chart_pyplot,
     machine_info,
     phantom_series,
     run_cli,
+    save_chart,
     seconds_cell,
     stats,
     table,
@@ -41,7 +43,7 @@ from benchmarks.common import (
 )
 from vacseg_monai.testing.peers import wait_until
 
-__all__ = ["main", "report_ideas", "report_section", "run"]
+__all__ = ["main", "report_chart", "report_ideas", "report_section", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +193,28 @@ def summary(result: dict[str, Any]) -> str:
     text = table(rows, ["seconds (median of %d)" % result["repeats"], "median", "min", "max"])
     return (f"{text}\nlatency / network = {result['ratio_latency_to_network']:.2f} (target <= 2), "
             f"latency {result['latency_s']['median']:.2f} s (target <= 10 s); dominant: {result['dominant_stage']}")
+
+
+def report_chart(result: dict[str, Any], docs: Path) -> Path:
+    """The stage breakdown of the latency against the network alone and the targets: ``docs/bench_latency_stages.png``; returns its path."""
+    plt = chart_pyplot()
+    lat = result
+    groups = lat["stage_groups_median_s"]
+    ref = lat["reference_network_s"]["median"]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    bottom = 0.0
+    colours = plt.get_cmap("tab20").colors
+    for i, (name, seconds) in enumerate(groups.items()):
+        ax.barh(["node, end to end"], [seconds], left=bottom, color=colours[i % 20], label=f"{name} {seconds:.2f} s")
+        bottom += seconds
+    ax.barh(["reference: network only"], [ref], color="grey", label=f"reference network {ref:.2f} s")
+    ax.axvline(2 * ref, color="red", ls="--", lw=1, label=f"target 2 x network = {2 * ref:.2f} s")
+    ax.axvline(10.0, color="black", ls=":", lw=1, label="target 10 s")
+    ax.set_xlabel("seconds (medians)")
+    ax.set_title(f"Latency from last C-STORE response to RTSTRUCT stored ({lat['series']['slices']} slices, "
+                 f"median of {lat['repeats']}): {lat['latency_s']['median']:.2f} s")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return save_chart(fig, docs / "bench_latency_stages.png")
 
 
 def report_section(result: dict[str, Any]) -> list[str]:

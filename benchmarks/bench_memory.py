@@ -38,18 +38,29 @@ from benchmarks.common import (
     add_series_options,
     bench_node,
     bench_parser,
+    chart_pyplot,
     emit,
     machine_info,
     parse_cli,
     phantom_series,
     proc_status_kb,
+    save_chart,
     small_series,
     table,
     work_root,
 )
 from vacseg_monai.testing.peers import storescu_send
 
-__all__ = ["main", "report_ideas", "report_section", "run", "scp_large_instance", "scp_rss", "worker_peak"]
+__all__ = [
+    "main",
+    "report_chart",
+    "report_ideas",
+    "report_section",
+    "run",
+    "scp_large_instance",
+    "scp_rss",
+    "worker_peak",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +224,28 @@ def summary(result: dict[str, Any]) -> str:
          result["scp_large"]["peak_growth_mib"], ""],
     ]
     return table(rows, ["measure", "value", "target"])
+
+
+def report_chart(result: dict[str, Any], docs: Path) -> Path:
+    """The worker's peak RSS by stage and the SCP's RSS over the send: ``docs/bench_memory.png``; returns its path."""
+    plt = chart_pyplot()
+    mem = result
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    w = mem["worker"]["ru_maxrss_kib"]
+    keys = ["after_model", "after_read", "after_segment", "end"]
+    a1.bar(["model\nloaded", "series\nread", "segmented", "RTSTRUCT\nwritten"], [w[k] * 1024 / 1e9 for k in keys])
+    a1.axhline(3.0, color="red", ls="--", lw=1, label="target 3 GB")
+    a1.set_ylabel("peak RSS so far (GB)")
+    a1.set_title(f"Worker, {mem['worker']['series']['slices']}-slice series")
+    a1.legend(fontsize=8)
+    trace = mem["scp"]["trace"]
+    a2.plot([t for t, _ in trace], [v for _, v in trace])
+    a2.set_xlabel("seconds into the send")
+    a2.set_ylabel("SCP VmRSS (MiB)")
+    a2.set_ylim(0, max(v for _, v in trace) * 1.2)
+    a2.set_title(f"SCP receiving {mem['scp']['instances']} images "
+                 f"({mem['scp']['image_size'][0]}x{mem['scp']['image_size'][1]})")
+    return save_chart(fig, docs / "bench_memory.png")
 
 
 def report_section(result: dict[str, Any]) -> list[str]:

@@ -26,9 +26,19 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.common import add_series_options, bench_parser, machine_info, phantom_series, run_cli, stats, table
+from benchmarks.common import (
+    add_series_options,
+    bench_parser,
+    chart_pyplot,
+    machine_info,
+    phantom_series,
+    run_cli,
+    save_chart,
+    stats,
+    table,
+)
 
-__all__ = ["main", "report_ideas", "report_section", "run"]
+__all__ = ["main", "report_chart", "report_ideas", "report_section", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +137,23 @@ def summary(result: dict[str, Any]) -> str:
     """The human-readable table."""
     rows = [[n, v["seconds"]["median"], v["ratio"], v["argmax_agreement"]] for n, v in result["variants"].items()]
     return table(rows, ["variant", "seconds (median)", "ratio to bundle", "argmax agreement"])
+
+
+def report_chart(result: dict[str, Any], docs: Path) -> Path:
+    """Seconds of each network variant: ``docs/bench_network.png``; returns its path."""
+    plt = chart_pyplot()
+    net = result
+    variants = net["variants"]
+    names = list(variants)
+    med = [variants[n]["seconds"]["median"] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.barh(names, med, color="tab:purple")
+    for y, m in enumerate(med):
+        ax.text(m, y, f" {m:.2f} s", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("network seconds (median)")
+    ax.set_title(f"Network stage variants, {net['slices']} slices at 256 x 256")
+    return save_chart(fig, docs / "bench_network.png")
 
 
 def report_section(result: dict[str, Any]) -> list[str]:

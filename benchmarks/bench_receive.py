@@ -31,9 +31,11 @@ from benchmarks.common import (
     add_series_options,
     bench_node,
     bench_parser,
+    chart_pyplot,
     machine_info,
     phantom_series,
     run_cli,
+    save_chart,
     stats,
     table,
     verdict,
@@ -41,7 +43,7 @@ from benchmarks.common import (
 )
 from vacseg_monai.testing.peers import PynetdicomSCP, StoreSCP, storescu_send, wait_until
 
-__all__ = ["main", "report_ideas", "report_section", "run"]
+__all__ = ["main", "report_chart", "report_ideas", "report_section", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +167,31 @@ def summary(result: dict[str, Any]) -> str:
     text = table(rows, ["SCP", "images/s (median)", "seconds", "min images/s", "max images/s"])
     costs = ", ".join(f"{k} {v:.2f} ms" for k, v in result["per_instance_ms"].items())
     return f"{text}\nper instance in one process: {costs}\nnode / pynetdicom --ignore = {result['ratio_node_to_pynetdicom']:.2f} (target >= 0.9)"
+
+
+def report_chart(result: dict[str, Any], docs: Path) -> Path:
+    """Images/s of each SCP, min-max bars, against the target: ``docs/bench_receive.png``; returns its path."""
+    plt = chart_pyplot()
+    rec = result
+    names = [n for n in ("node", "node_bundle", "pynetdicom", "dcmtk") if n in rec["images_per_s"]]
+    labels = {"node": "node\n(store+fsync)", "node_bundle": "node with\nthe bundle",
+              "pynetdicom": "pynetdicom storescp\n--ignore", "dcmtk": "DCMTK storescp"}
+    labels = [labels[n] for n in names]
+    med = [rec["images_per_s"][n]["median"] for n in names]
+    lo = [m - rec["images_per_s"][n]["min"] for m, n in zip(med, names)]
+    hi = [rec["images_per_s"][n]["max"] - m for m, n in zip(med, names)]
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    colours = {"node": "tab:blue", "node_bundle": "tab:purple", "pynetdicom": "tab:orange", "dcmtk": "tab:green"}
+    ax.bar(labels, med, yerr=[lo, hi], capsize=4, color=[colours[n] for n in names])
+    ax.axhline(0.9 * rec["images_per_s"]["pynetdicom"]["median"], color="red", ls="--", lw=1,
+               label="target: 0.9 x pynetdicom --ignore")
+    for x, m in enumerate(med):
+        ax.text(x, m, f"{m:.0f}", ha="center", va="bottom")
+    ax.set_ylabel("images/s (median, min-max bars)")
+    ax.set_title(f"Receive throughput, {rec['series']['instances']} images of "
+                 f"{rec['series']['rows']}x{rec['series']['cols']}, sender DCMTK storescu")
+    ax.legend(fontsize=8)
+    return save_chart(fig, docs / "bench_receive.png")
 
 
 def report_section(result: dict[str, Any]) -> list[str]:

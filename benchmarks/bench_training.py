@@ -36,15 +36,17 @@ from benchmarks.common import (
     BENCH_PHANTOM_VERSION,
     CACHE_DIR,
     bench_parser,
+    chart_pyplot,
     machine_info,
     run_cli,
+    save_chart,
     seconds_cell,
     stats,
     table,
     verdict,
 )
 
-__all__ = ["main", "report_ideas", "report_section", "run", "train_parser"]
+__all__ = ["main", "report_chart", "report_ideas", "report_section", "run", "train_parser"]
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +217,27 @@ def summary(result: dict[str, Any]) -> str:
         text += (f"\nprojected to the bundle's epoch of {result['bundle_epoch_steps']} steps: "
                  f"{result['ratio_projected_bundle_epoch']:.2f}")
     return text
+
+
+def report_chart(result: dict[str, Any], docs: Path) -> Path:
+    """Seconds per step of each mode against the target: ``docs/bench_training.png``; returns its path."""
+    plt = chart_pyplot()
+    tr = result
+    modes = ["pipeline", "pipeline_steady", "materialised", "pipeline_workers0"]
+    labels = ["DataLoader\n(per epoch)", "DataLoader\n(steady state)", "tensors in memory",
+              "num_workers=0\n(evidence)"]
+    med = [tr["step_s"][m]["median"] for m in modes]
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    ax.bar(labels, med, color=["tab:blue", "tab:cyan", "tab:grey", "tab:olive"])
+    ax.axhline(1.1 * tr["step_s"]["materialised"]["median"], color="red", ls="--", lw=1,
+               label="target: 1.1 x in-memory step")
+    for x, (m, mode) in enumerate(zip(med, modes)):
+        ax.text(x, m, f"{m:.2f} s\n{tr['slices_per_s'][mode]:.1f} slices/s", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel(f"seconds per step (batch {tr['batch_size']}, median)")
+    ax.set_title("Training step: bundle data pipeline vs materialised batches")
+    ax.set_ylim(0, max(med) * 1.3)
+    ax.legend(fontsize=8)
+    return save_chart(fig, docs / "bench_training.png")
 
 
 def report_section(result: dict[str, Any]) -> list[str]:

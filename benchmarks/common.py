@@ -34,12 +34,14 @@ __all__ = [
     "add_series_options",
     "bench_node",
     "bench_parser",
+    "chart_pyplot",
     "emit",
     "machine_info",
     "parse_cli",
     "phantom_series",
     "proc_status_kb",
     "run_cli",
+    "save_chart",
     "seconds_cell",
     "small_series",
     "stats",
@@ -145,6 +147,26 @@ def verdict(met: bool, measured: float, target: float, unit: str, higher_is_bett
 def seconds_cell(stats: dict[str, Any]) -> str:
     """A table cell of :func:`stats` in seconds: the median, then min, max and n."""
     return f"{stats['median']:.3f} s (min {stats['min']:.3f}, max {stats['max']:.3f}, n = {stats['n']})"
+
+
+def chart_pyplot() -> Any:
+    """matplotlib's pyplot on the Agg back end, which needs no display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_chart(fig: Any, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as a PNG at 110 dpi and close it; return ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def emit(result: dict[str, Any], summary: str, out: str | os.PathLike[str] | None) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from benchmarks import (
 from benchmarks.bench_gpu import GPU_RESULT
 from benchmarks.common import PYTHON, REPO_ROOT, RESULTS_DIR, machine_info
 
-__all__ = ["BENCHMARKS", "REPORT_SECTIONS", "main", "render_charts", "render_report", "run_benchmark"]
+__all__ = ["BENCHMARKS", "CHARTS", "REPORT_SECTIONS", "main", "render_charts", "render_report", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,14 @@ REPORT_SECTIONS: tuple[tuple[str, ModuleType], ...] = (
     ("rtstruct", bench_rtstruct),
     ("real_ct", real_ct_check),
     ("quality", bench_quality),
+)
+#: The charts: (result name, the module whose ``report_chart(result, docs)`` draws it into ``docs``).
+CHARTS: tuple[tuple[str, ModuleType], ...] = (
+    ("latency", bench_latency),
+    ("receive", bench_receive),
+    ("training", bench_training),
+    ("memory", bench_memory),
+    ("network", bench_network),
 )
 
 def run_benchmark(name: str, quick: bool, results: Path, timeout: float = 1200.0, docs: Path = DOCS) -> dict[str, Any]:
@@ -115,113 +123,8 @@ def _load(results: Path) -> dict[str, dict[str, Any]]:
 
 
 def render_charts(data: dict[str, dict[str, Any]], docs: Path = DOCS) -> list[Path]:
-    """Write the PNG charts for the benchmarks present in ``data``; return their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-
-    def save(fig, name: str) -> None:
-        path = docs / name
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-
-    if "latency" in data:
-        lat = data["latency"]
-        groups = lat["stage_groups_median_s"]
-        ref = lat["reference_network_s"]["median"]
-        fig, ax = plt.subplots(figsize=(8, 4.2))
-        bottom = 0.0
-        colours = plt.get_cmap("tab20").colors
-        for i, (name, seconds) in enumerate(groups.items()):
-            ax.barh(["node, end to end"], [seconds], left=bottom, color=colours[i % 20], label=f"{name} {seconds:.2f} s")
-            bottom += seconds
-        ax.barh(["reference: network only"], [ref], color="grey", label=f"reference network {ref:.2f} s")
-        ax.axvline(2 * ref, color="red", ls="--", lw=1, label=f"target 2 x network = {2 * ref:.2f} s")
-        ax.axvline(10.0, color="black", ls=":", lw=1, label="target 10 s")
-        ax.set_xlabel("seconds (medians)")
-        ax.set_title(f"Latency from last C-STORE response to RTSTRUCT stored ({lat['series']['slices']} slices, "
-                     f"median of {lat['repeats']}): {lat['latency_s']['median']:.2f} s")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        save(fig, "bench_latency_stages.png")
-
-    if "receive" in data:
-        rec = data["receive"]
-        names = [n for n in ("node", "node_bundle", "pynetdicom", "dcmtk") if n in rec["images_per_s"]]
-        labels = {"node": "node\n(store+fsync)", "node_bundle": "node with\nthe bundle",
-                  "pynetdicom": "pynetdicom storescp\n--ignore", "dcmtk": "DCMTK storescp"}
-        labels = [labels[n] for n in names]
-        med = [rec["images_per_s"][n]["median"] for n in names]
-        lo = [m - rec["images_per_s"][n]["min"] for m, n in zip(med, names)]
-        hi = [rec["images_per_s"][n]["max"] - m for m, n in zip(med, names)]
-        fig, ax = plt.subplots(figsize=(7.5, 4))
-        colours = {"node": "tab:blue", "node_bundle": "tab:purple", "pynetdicom": "tab:orange", "dcmtk": "tab:green"}
-        ax.bar(labels, med, yerr=[lo, hi], capsize=4, color=[colours[n] for n in names])
-        ax.axhline(0.9 * rec["images_per_s"]["pynetdicom"]["median"], color="red", ls="--", lw=1,
-                   label="target: 0.9 x pynetdicom --ignore")
-        for x, m in enumerate(med):
-            ax.text(x, m, f"{m:.0f}", ha="center", va="bottom")
-        ax.set_ylabel("images/s (median, min-max bars)")
-        ax.set_title(f"Receive throughput, {rec['series']['instances']} images of "
-                     f"{rec['series']['rows']}x{rec['series']['cols']}, sender DCMTK storescu")
-        ax.legend(fontsize=8)
-        save(fig, "bench_receive.png")
-
-    if "training" in data:
-        tr = data["training"]
-        modes = ["pipeline", "pipeline_steady", "materialised", "pipeline_workers0"]
-        labels = ["DataLoader\n(per epoch)", "DataLoader\n(steady state)", "tensors in memory",
-                  "num_workers=0\n(evidence)"]
-        med = [tr["step_s"][m]["median"] for m in modes]
-        fig, ax = plt.subplots(figsize=(7.5, 4))
-        ax.bar(labels, med, color=["tab:blue", "tab:cyan", "tab:grey", "tab:olive"])
-        ax.axhline(1.1 * tr["step_s"]["materialised"]["median"], color="red", ls="--", lw=1,
-                   label="target: 1.1 x in-memory step")
-        for x, (m, mode) in enumerate(zip(med, modes)):
-            ax.text(x, m, f"{m:.2f} s\n{tr['slices_per_s'][mode]:.1f} slices/s", ha="center", va="bottom", fontsize=8)
-        ax.set_ylabel(f"seconds per step (batch {tr['batch_size']}, median)")
-        ax.set_title("Training step: bundle data pipeline vs materialised batches")
-        ax.set_ylim(0, max(med) * 1.3)
-        ax.legend(fontsize=8)
-        save(fig, "bench_training.png")
-
-    if "memory" in data:
-        mem = data["memory"]
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-        w = mem["worker"]["ru_maxrss_kib"]
-        keys = ["after_model", "after_read", "after_segment", "end"]
-        a1.bar(["model\nloaded", "series\nread", "segmented", "RTSTRUCT\nwritten"], [w[k] * 1024 / 1e9 for k in keys])
-        a1.axhline(3.0, color="red", ls="--", lw=1, label="target 3 GB")
-        a1.set_ylabel("peak RSS so far (GB)")
-        a1.set_title(f"Worker, {mem['worker']['series']['slices']}-slice series")
-        a1.legend(fontsize=8)
-        trace = mem["scp"]["trace"]
-        a2.plot([t for t, _ in trace], [v for _, v in trace])
-        a2.set_xlabel("seconds into the send")
-        a2.set_ylabel("SCP VmRSS (MiB)")
-        a2.set_ylim(0, max(v for _, v in trace) * 1.2)
-        a2.set_title(f"SCP receiving {mem['scp']['instances']} images "
-                     f"({mem['scp']['image_size'][0]}x{mem['scp']['image_size'][1]})")
-        save(fig, "bench_memory.png")
-
-    if "network" in data:
-        net = data["network"]
-        variants = net["variants"]
-        names = list(variants)
-        med = [variants[n]["seconds"]["median"] for n in names]
-        fig, ax = plt.subplots(figsize=(8, 4))
-        ax.barh(names, med, color="tab:purple")
-        for y, m in enumerate(med):
-            ax.text(m, y, f" {m:.2f} s", va="center", fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel("network seconds (median)")
-        ax.set_title(f"Network stage variants, {net['slices']} slices at 256 x 256")
-        save(fig, "bench_network.png")
-    return written
+    """Write the PNG charts of the benchmarks present in ``data`` (each module's ``report_chart``); their paths."""
+    return [module.report_chart(data[name], docs) for name, module in CHARTS if name in data]
 
 
 # ---------------------------------------------------------------- report
