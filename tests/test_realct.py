@@ -170,6 +170,19 @@ def test_one_real_slice_through_the_bundle(segmenter, tmp_path):
     assert check.picture.stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_the_shipped_model_draws_no_bag_on_the_held_out_real_export(segmenter, tmp_path):
+    """Issue 11's bar on the TotalSegmentator example DICOM export (a real anonymised export, no bag in it)."""
+    assert "totalseg_dicom" not in realct.TRAINING_SCANS
+    check = realct.check_scan("totalseg_dicom", segmenter, workdir=tmp_path)
+    assert check.error is None, check.error
+    m = check.metrics
+    assert m.vacbag_cm3 <= realct.MAX_VACBAG_CM3, m
+    assert m.body_dice >= realct.MIN_BODY_DICE, m
+    assert m.couch_inside_body_share <= realct.MAX_COUCH_INSIDE_SHARE, m
+    assert m.couch_cm3 > 100  # the real couch under the patient is found, not only the bag suppressed
+
+
 def test_an_unreadable_scan_is_reported_not_raised(segmenter, tmp_path, monkeypatch):
     monkeypatch.setitem(public_data.SCANS, "mr_slice", public_data.PublicScan(
         "mr_slice", "pydicom-data", "data_store/data/MR2_UNCR.dcm", public_data.ScanKind.DICOM_FILE, "an MR slice"))

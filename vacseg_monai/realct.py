@@ -105,10 +105,9 @@ MAX_COUCH_INSIDE_SHARE = 0.01
 #: Slice thickness given to a one-slice DICOM file that states none, so that the series reader
 #: can place it (volumes are then those of a slab this thick).
 NOMINAL_SLICE_THICKNESS_MM = 5.0
-#: Keys of :data:`vacseg_monai.public_data.SCANS` the shipped model was trained on (none yet); the check
-#: reports them but they do not count as held out. A model fine-tuned on the hard negatives
-#: (:func:`write_hard_negative`) ships with this set to ``frozenset(HARD_NEGATIVE_SCANS)``.
-TRAINING_SCANS: frozenset[str] = frozenset()
+#: Keys of :data:`vacseg_monai.public_data.SCANS` the shipped model was trained on: the hard negatives
+#: (bundle 0.3.0, :func:`write_hard_negative`). The check reports them but they do not count as held out.
+TRAINING_SCANS: frozenset[str] = frozenset(HARD_NEGATIVE_SCANS)
 #: Labels a hard-negative patient's annotation covers: Body (the reference body) and Vacbag (known absent);
 #: the Couch is unknown, so training does not teach it as background there.
 HARD_NEGATIVE_ANNOTATED = ("Vacbag", "Body")
