@@ -11,7 +11,7 @@ fine-tuned weights. Last, the project's held-out table (v1 seeds 1000..1004) of 
 Writes ``<work>/clinic_loop.json`` and, with ``--update-docs``, the numbers into
 docs/corrections.md.
 
-    .venv/bin/python -m benchmarks.clinic_loop --work /tmp/clinic/full --update-docs
+    .venv/bin/python -m benchmarks.clinic_loop --work /tmp/clinic --update-docs
 """
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-seeds", type=int, nargs="+", default=list(range(2000, 2008)))
     parser.add_argument("--eval-seeds", type=int, nargs="+", default=list(range(3000, 3005)))
     parser.add_argument("--size", type=int, default=512, help="rows and columns (default 512)")
-    parser.add_argument("--n-slices", type=int, default=None, help="slices kept per series (default all)")
+    parser.add_argument("--n-slices", type=int, default=32, help="slices kept per series (default 32; 0: all)")
     parser.add_argument("--replay-patients", type=int, default=10, help="v1 phantoms 0.. to replay (default 10)")
     parser.add_argument("--replay-share", type=float, default=0.3, help="replayed share of slices (default 0.3)")
-    parser.add_argument("--max-epochs", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--max-epochs", type=int, default=6)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--k-folds", type=int, default=8, help="k-fold split of the corrections (default 8)")
-    parser.add_argument("--train-slice-stride", type=int, default=1)
+    parser.add_argument("--train-slice-stride", type=int, default=2)
     parser.add_argument("--heldout-seeds", type=int, nargs="*", default=list(range(1000, 1005)),
                         help="v1 held-out phantoms of the project's table (none: skip it)")
     parser.add_argument("--update-docs", action="store_true", help=f"write the numbers into {DOCS.name}")
@@ -189,7 +189,7 @@ def main(args: list[str] | None = None) -> dict:
         raise SystemExit(f"{loop} exists; remove it or pass another --work.")
     overrides = {"max_epochs": ns.max_epochs, "learning_rate": ns.learning_rate, "k_folds": ns.k_folds,
                  "train_slice_stride": ns.train_slice_stride, "num_workers": 0}
-    outcome = run_clinic_loop(loop, ns.train_seeds, ns.eval_seeds, size=ns.size, n_slices=ns.n_slices,
+    outcome = run_clinic_loop(loop, ns.train_seeds, ns.eval_seeds, size=ns.size, n_slices=ns.n_slices or None,
                               replay_dir=replay, replay_share=ns.replay_share,
                               finetune_overrides={k: str(v) for k, v in overrides.items()},
                               conventions=ClinicConventions())
