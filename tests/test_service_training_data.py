@@ -13,9 +13,8 @@ import shutil
 
 import numpy as np
 import pytest
-from pydicom import dcmread
-
 from conftest import dice
+from pydicom import dcmread
 from test_service_support import (
     REPO,
     edited_structure_set,
@@ -24,6 +23,7 @@ from test_service_support import (
     wait_until,
     write_banded_series,
 )
+
 from vacseg_monai.datasets import discover_patients, load_slice
 from vacseg_monai.dicom.exports import REPORT_JSON, SkipReason
 from vacseg_monai.dicom.rtstruct import read_rtstruct_contents
@@ -61,8 +61,8 @@ def node_dir(tmp_path_factory):
             ct = write_banded_series(tmp / "ct" / name)
             assert storescu(node.port, ct).returncode == 0
             uid = str(dcmread(ct[0]).SeriesInstanceUID)
-            jobs[name] = wait_until(lambda: [j for j in node.store.jobs() if j.series_uid == uid
-                                             and j.state is JobState.DONE], 90, f"job {name}")[0]
+            jobs[name] = wait_until(lambda uid=uid: [j for j in node.store.jobs() if j.series_uid == uid
+                                                     and j.state is JobState.DONE], 90, f"job {name}")[0]
         own = {name: node.store.job_dir(job.job_id) / job.outputs[0] for name, job in jobs.items()}
         send = tmp / "send"
         send.mkdir()
@@ -77,8 +77,9 @@ def node_dir(tmp_path_factory):
         for name, files in sent.items():
             for path in files:  # one at a time, so that the arrival order is the list's
                 assert storescu(node.port, [path]).returncode == 0
-                wait_until(lambda: any(e.get("sop_instance_uid") == str(dcmread(path).SOPInstanceUID)
-                                       for e in node.store.load(jobs[name].job_id).corrections), 60,
+                sop, job_id = str(dcmread(path).SOPInstanceUID), jobs[name].job_id
+                wait_until(lambda sop=sop, job_id=job_id: any(e.get("sop_instance_uid") == sop
+                                                              for e in node.store.load(job_id).corrections), 60,
                            f"the measured correction {path.name}")
     shutil.rmtree(JobStore(out).series_dir(jobs["series_gone"].job_id))
     return out, jobs, sent
@@ -124,7 +125,7 @@ def test_corrections_become_patients_with_the_labels_they_contain(node_dir, tmp_
 
 
 def test_script_writes_the_data_and_refuses_to_overwrite(node_dir, tmp_path, capsys):
-    out, jobs, _ = node_dir
+    out, _, _ = node_dir
     spec = importlib.util.spec_from_file_location("corrections_to_training",
                                                   REPO / "scripts" / "corrections_to_training.py")
     script = importlib.util.module_from_spec(spec)
