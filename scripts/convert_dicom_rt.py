@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from vacseg_monai.dicom.exports import OutputFormat, convert_exports, parse_name_map
+from vacseg_monai.dicom.exports import OutputFormat, convert_exports, name_map_from_args
 from vacseg_monai.logs import setup_logging
 
 __all__ = ["main"]
@@ -46,14 +46,8 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
     ns = parser.parse_args(args)
     if not ns.input.is_dir():
         parser.error(f"input folder {ns.input} does not exist")
-    pairs, files = [], []
-    for item in ns.name_map:
-        (files if item.lower().endswith(".json") and "=" not in item else pairs).append(item)
     try:
-        ns.name_map = {}
-        for path in files:
-            ns.name_map.update(parse_name_map(json_file=path))
-        ns.name_map.update(parse_name_map(pairs))
+        ns.name_map = name_map_from_args(ns.name_map)
     except ValueError as exc:
         parser.error(str(exc))
     return ns

@@ -271,3 +271,25 @@ def test_read_series_files_reads_only_the_files_given_and_names_them(export, tmp
     assert str(input_dir) in str(missing.value) and "vacseg-series" not in str(missing.value)
     with pytest.raises(NoSeriesError, match=r"No CT Image Storage series found in the 1 files given under"):
         read_series_files([input_dir / "export" / "README.txt"])
+
+
+def test_a_structure_set_without_couch_gives_a_partly_annotated_patient(tmp_path):
+    """A clinic that leaves the couch to the TPS: the patient's annotation lists Vacbag and Body only."""
+    written = write_phantom_dicom(cropped_phantom(8, 64, 6), tmp_path / "export")
+    rs = pydicom.dcmread(written.rtstruct_path)
+    couch = next(int(r.ROINumber) for r in rs.StructureSetROISequence if r.ROIName == "Couch")
+    rs.StructureSetROISequence = [r for r in rs.StructureSetROISequence if int(r.ROINumber) != couch]
+    rs.ROIContourSequence = [r for r in rs.ROIContourSequence if int(r.ReferencedROINumber) != couch]
+    for roi in rs.StructureSetROISequence:
+        if roi.ROIName == "Body":
+            roi.ROIName = "External"  # matched by the label table's aliases
+    rs.save_as(written.rtstruct_path)
+    report = convert_exports(tmp_path / "export", tmp_path / "out", fmt="both", progress=False)
+    record = report.converted[0]
+    assert record.annotated_labels == ["Vacbag", "Body"] and record.voxels["Couch"] == 0
+    assert "Couch unknown" in report.table()
+    for layout in ("npy", "nifti"):
+        (patient,) = discover_patients(tmp_path / "out" / layout)
+        assert patient.annotated == ("Vacbag", "Body") and patient.partial
+    saved = json.loads((tmp_path / "out" / REPORT_JSON).read_text())
+    assert saved["records"][0]["annotated_labels"] == ["Vacbag", "Body"]

@@ -24,6 +24,17 @@ patient folder, hence the two trees for ``both``). ``<patient>`` is the PatientI
 made safe for a file name, with ``_1``, ``_2``, ... appended when a patient has
 several series. A report of what was converted and what was skipped, and why, is
 written to ``<out>/conversion_report.json`` and ``.csv``.
+
+Each patient's annotation is what its structure set really contains: the labels that
+one of its ROIs maps to (by the label table's names and aliases, or ``name_map``).
+A label no ROI maps to is unknown for that patient, not background: the patient
+folder gets an ``annotation.json`` listing the labels it has (partial labels, see
+:mod:`vacseg_monai.partial_labels`), and the report's ``annotated_labels`` says the
+same. A listed label without a voxel (an ROI left empty) is known absent.
+
+:func:`convert_series_files` converts one series given as files with the structure
+set(s) drawn on it, by the same steps; the node's corrections come in through it
+(:mod:`vacseg_monai.service.training_data`).
 """
 
 from __future__ import annotations
@@ -62,6 +73,8 @@ __all__ = [
     "OutputFormat",
     "SkipReason",
     "convert_exports",
+    "convert_series_files",
+    "name_map_from_args",
     "parse_name_map",
     "patient_folder_name",
 ]
@@ -95,6 +108,8 @@ class SkipReason(str, enum.Enum):
     UNREADABLE_RTSTRUCT = "unreadable_rtstruct"
     UNREADABLE_FILE = "unreadable_file"
     SUPERSEDED_RTSTRUCT = "superseded_rtstruct"
+    NO_CORRECTION = "no_correction"
+    CORRECTION_NOT_MEASURED = "correction_not_measured"
 
 
 # --------------------------------------------------------------------------- report
@@ -119,6 +134,8 @@ class ConversionRecord:
         roi_labels: ROI name -> label number for the ROIs that were rasterised.
         roi_names: every ROI name of the structure set.
         voxels: label name -> voxel count in the written label map.
+        annotated_labels: names of the labels the structure set contains (an ROI maps to them), in label
+            order; the others are unknown for this patient (written to ``annotation.json`` when some are).
     """
 
     status: str
@@ -135,6 +152,7 @@ class ConversionRecord:
     roi_labels: dict[str, int] = field(default_factory=dict)
     roi_names: list[str] = field(default_factory=list)
     voxels: dict[str, int] = field(default_factory=dict)
+    annotated_labels: list[str] = field(default_factory=list)
 
     @property
     def converted(self) -> bool:
@@ -185,7 +203,10 @@ class ConversionReport:
         rows = [header]
         for r in self.records:
             if r.converted:
-                what = ", ".join(f"{name} {count}" for name, count in r.voxels.items())
+                what = ", ".join(
+                    f"{name} {r.voxels.get(name, 0)}" if name in r.annotated_labels else f"{name} unknown"
+                    for name in (label.name for label in LABELS)
+                )
             else:
                 what = f"{r.reason}: {r.detail}"
             rows.append((r.status, r.output or "-", r.patient_id or "-", r.series_instance_uid or "-",
@@ -214,6 +235,7 @@ class ConversionReport:
             row["roi_labels"] = json.dumps(row["roi_labels"])
             row["voxels"] = json.dumps(row["voxels"])
             row["roi_names"] = ";".join(row["roi_names"])
+            row["annotated_labels"] = ";".join(row["annotated_labels"])
             writer.writerow(row)
         csv_path.write_text(buffer.getvalue(), encoding="utf-8")
         return json_path, csv_path
@@ -293,6 +315,24 @@ def parse_name_map(
     return mapping
 
 
+def name_map_from_args(items: Iterable[str]) -> dict[str, int | None]:
+    """The name map of repeated ``--name-map`` arguments: ``ROI=LABEL`` pairs, or ``.json`` files read whole.
+
+    Pairs override the files, as in :func:`parse_name_map`.
+
+    Raises:
+        ValueError: as :func:`parse_name_map`.
+    """
+    pairs, files = [], []
+    for item in items:
+        (files if item.lower().endswith(".json") and "=" not in item else pairs).append(item)
+    mapping: dict[str, int | None] = {}
+    for path in files:
+        mapping.update(parse_name_map(json_file=path))
+    mapping.update(parse_name_map(pairs))
+    return mapping
+
+
 # --------------------------------------------------------------------------- scanning
 
 
@@ -364,41 +404,46 @@ def _scan(input_dir: Path, exclude: Path | None) -> _Index:
     for path in sorted(p for p in input_dir.rglob("*") if p.is_file()):
         if exclude is not None and exclude in path.parents:
             continue
-        try:
-            ds = read_dicom_header(path)
-        except UnreadableFileError as exc:
-            index.unreadable.append((path, str(exc)))
-            continue
-        if ds is None:
-            logger.debug("Skipping non-DICOM file %s", path)
-            continue
-        sop_class = sop_class_of(ds)
-        if sop_class == CTImageStorage:
-            uid = str(ds.get("SeriesInstanceUID", ""))
-            if not uid:
-                index.unreadable.append((path, f"CT file {path} has no SeriesInstanceUID."))
-                continue
-            info = index.ct.get(uid)
-            if info is None:
-                number = ds.get("SeriesNumber")
-                info = index.ct[uid] = _CTInfo(
-                    uid=uid,
-                    patient_id=str(ds.get("PatientID", "")),
-                    study_uid=str(ds.get("StudyInstanceUID", "")),
-                    study_date=f"{ds.get('StudyDate', '')}{ds.get('StudyTime', '')}",
-                    frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
-                    series_number=int(number) if number not in (None, "") else 0,
-                )
-            info.files.append(path)
-            info.sop_uids.add(str(ds.get("SOPInstanceUID", "")))
-        elif sop_class == RTSTRUCT_SOP_CLASS_UID:
-            try:
-                index.rtstructs.append(_rt_info(path, ds))
-            except Exception as exc:  # noqa: BLE001 - malformed references
-                index.unreadable.append((path, f"Cannot parse RT Structure Set {path}: {type(exc).__name__}: {exc}"))
-        else:
-            logger.debug("Skipping %s: SOP class %s", path, pydicom.uid.UID(sop_class).name if sop_class else "none")
+        _index_file(index, path)
     return index
+
+
+def _index_file(index: _Index, path: Path) -> None:
+    """Read one file's header into ``index``: a CT instance, an RT Structure Set, or an unreadable file."""
+    try:
+        ds = read_dicom_header(path)
+    except UnreadableFileError as exc:
+        index.unreadable.append((path, str(exc)))
+        return
+    if ds is None:
+        logger.debug("Skipping non-DICOM file %s", path)
+        return
+    sop_class = sop_class_of(ds)
+    if sop_class == CTImageStorage:
+        uid = str(ds.get("SeriesInstanceUID", ""))
+        if not uid:
+            index.unreadable.append((path, f"CT file {path} has no SeriesInstanceUID."))
+            return
+        info = index.ct.get(uid)
+        if info is None:
+            number = ds.get("SeriesNumber")
+            info = index.ct[uid] = _CTInfo(
+                uid=uid,
+                patient_id=str(ds.get("PatientID", "")),
+                study_uid=str(ds.get("StudyInstanceUID", "")),
+                study_date=f"{ds.get('StudyDate', '')}{ds.get('StudyTime', '')}",
+                frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
+                series_number=int(number) if number not in (None, "") else 0,
+            )
+        info.files.append(path)
+        info.sop_uids.add(str(ds.get("SOPInstanceUID", "")))
+    elif sop_class == RTSTRUCT_SOP_CLASS_UID:
+        try:
+            index.rtstructs.append(_rt_info(path, ds))
+        except Exception as exc:  # noqa: BLE001 - malformed references
+            index.unreadable.append((path, f"Cannot parse RT Structure Set {path}: {type(exc).__name__}: {exc}"))
+    else:
+        logger.debug("Skipping %s: SOP class %s", path, pydicom.uid.UID(sop_class).name if sop_class else "none")
 
 
 def _match(rt: _RTInfo, index: _Index, sop_to_series: Mapping[str, str]) -> tuple[str | None, str]:
@@ -468,20 +513,28 @@ def _targets(output_dir: Path, fmt: OutputFormat, name: str) -> list[tuple[str, 
 
 
 def _write_patient(
-    image: np.ndarray, labels: np.ndarray, affine_ras: np.ndarray, targets: Sequence[tuple[str, Path]]
+    image: np.ndarray, labels: np.ndarray, affine_ras: np.ndarray, annotated: Sequence[str],
+    targets: Sequence[tuple[str, Path]],
 ) -> None:
-    """Write each target through a hidden partial folder renamed into place."""
+    """Write each target through a hidden partial folder renamed into place (``annotation.json`` when partial)."""
+    names = None if len(annotated) == len(LABELS) else list(annotated)
     for kind, final in targets:
         final.parent.mkdir(parents=True, exist_ok=True)
         partial = final.parent / f".{final.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         if kind == "npy":
-            write_npy_patient(image, labels, partial)
+            write_npy_patient(image, labels, partial, annotated=names)
         else:
-            write_nifti_patient(image, labels, affine_ras, partial)
+            write_nifti_patient(image, labels, affine_ras, partial, annotated=names)
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
+
+
+def _annotated_names(roi_labels: Mapping[str, int]) -> list[str]:
+    """Names of the labels some ROI maps to, in label order (what the structure set really contains)."""
+    values = set(roi_labels.values())
+    return [label.name for label in LABELS if label.value in values]
 
 
 def _convert_one(
@@ -489,7 +542,10 @@ def _convert_one(
     rts: Sequence[_RTInfo],
     name_map: Mapping[str, int | str | None] | None,
 ) -> tuple[ConversionRecord, list[ConversionRecord], tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
-    """Convert one series: (record, records of superseded structure sets, arrays or None)."""
+    """Convert one series: (record, records of superseded structure sets, arrays or None).
+
+    The record's ``annotated_labels`` are the labels the used structure set contains.
+    """
     base = ConversionRecord(
         status="skipped", patient_id=info.patient_id, series_instance_uid=info.uid,
         ct_folder=str(_common_folder(info.files)),
@@ -529,6 +585,7 @@ def _convert_one(
             failures.append(record)
             continue
         record.status = "converted"
+        record.annotated_labels = _annotated_names(contents.roi_labels)
         record.voxels = {lb.name: int(np.count_nonzero(contents.labels == lb.value)) for lb in LABELS}
         for later in rts[position + 1:]:
             failures.append(ConversionRecord(
@@ -568,6 +625,13 @@ def _structure_sets_by_series(
     return by_series, unmatched
 
 
+def _output_format(fmt: str | OutputFormat) -> OutputFormat:
+    try:
+        return OutputFormat(getattr(fmt, "value", fmt))
+    except ValueError:
+        raise ValueError(f"`fmt` must be one of {[f.value for f in OutputFormat]}, got {fmt!r}.") from None
+
+
 def convert_exports(
     input_dir: str | Path,
     output_dir: str | Path,
@@ -605,10 +669,7 @@ def convert_exports(
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise ValueError(f"Input folder {input_dir} does not exist or is not a folder.")
-    try:
-        fmt = OutputFormat(getattr(fmt, "value", fmt))
-    except ValueError:
-        raise ValueError(f"`fmt` must be one of {[f.value for f in OutputFormat]}, got {fmt!r}.") from None
+    fmt = _output_format(fmt)
     resolved_in, resolved_out = input_dir.resolve(), output_dir.resolve()
     # An output folder inside the input folder is not scanned.
     exclude = input_dir / resolved_out.relative_to(resolved_in) if resolved_in in resolved_out.parents else None
@@ -652,7 +713,7 @@ def convert_exports(
             skipped.append(record)
             continue
         record.output = names[uid]
-        _write_patient(*arrays, _targets(output_dir, fmt, names[uid]))
+        _write_patient(*arrays, record.annotated_labels, _targets(output_dir, fmt, names[uid]))
         converted.append(record)
         logger.info("Converted series %s of patient %r to %s.", uid, info.patient_id, names[uid])
 
@@ -663,3 +724,74 @@ def convert_exports(
     json_path, _ = report.save(output_dir)
     logger.info("%d series converted, %d items skipped; report in %s.", len(converted), len(skipped), json_path)
     return report
+
+
+def convert_series_files(
+    ct_files: Sequence[str | Path],
+    rtstructs: Sequence[str | Path],
+    output_dir: str | Path,
+    name: str,
+    *,
+    fmt: str | OutputFormat = OutputFormat.NPY,
+    name_map: Mapping[str, int | str | None] | None = None,
+    overwrite: bool = False,
+) -> list[ConversionRecord]:
+    """Convert one CT series, given as files, and the structure set(s) drawn on it into patient ``name``.
+
+    The same steps as :func:`convert_exports` for one series: the headers are read, each structure set is
+    matched to the series (its referenced series, images or frame of reference), the newest usable one is
+    rasterised on the series, and the patient is written with the labels it contains as its annotation.
+    Nothing is written when none is usable; the records say why.
+
+    Args:
+        ct_files: the instances of one CT series.
+        rtstructs: RT Structure Sets drawn on it (the newest by StructureSetDate/Time is tried first).
+        output_dir: training data folder (created).
+        name: the patient folder name (made safe with :func:`patient_folder_name`).
+        fmt: as for :func:`convert_exports` (default ``"npy"``).
+        name_map: as for :func:`convert_exports` (default None).
+        overwrite: replace the patient folder if it exists (default False).
+
+    Returns:
+        the records: the converted series (or, when nothing was converted, why) first, then the structure
+        sets not used, with the reason.
+
+    Raises:
+        ValueError: if ``ct_files`` hold no CT series or more than one, or ``fmt`` is unknown.
+        FileExistsError: if the patient folder exists and ``overwrite`` is False.
+    """
+    fmt = _output_format(fmt)
+    index = _Index()
+    for path in [*ct_files, *rtstructs]:
+        _index_file(index, Path(path))
+    if len(index.ct) != 1:
+        raise ValueError(
+            f"`ct_files` must hold one CT series, found {len(index.ct)} ({sorted(index.ct) or 'none'}) "
+            f"in {len(ct_files)} files{' starting ' + str(ct_files[0]) if ct_files else ''}."
+        )
+    info = next(iter(index.ct.values()))
+    name = patient_folder_name(name)
+    targets = _targets(Path(output_dir), fmt, name)
+    existing = [str(path) for _, path in targets if path.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"Patient folder {existing} already exists; pass overwrite=True to replace it.")
+    skipped = [
+        ConversionRecord(status="skipped", reason=SkipReason.UNREADABLE_FILE.value, detail=message,
+                         ct_folder=str(path.parent))
+        for path, message in index.unreadable
+    ]
+    by_series, unmatched = _structure_sets_by_series(index, _common_folder(info.files))
+    if info.uid not in by_series:
+        record = ConversionRecord(
+            status="skipped", reason=SkipReason.NO_RTSTRUCT.value, patient_id=info.patient_id,
+            series_instance_uid=info.uid, ct_folder=str(_common_folder(info.files)), n_slices=len(info.files),
+            detail=f"none of the structure sets {[str(p) for p in rtstructs]} references CT series {info.uid}",
+        )
+        return [record, *unmatched, *skipped]
+    record, others, arrays = _convert_one(info, by_series[info.uid], name_map)
+    if arrays is not None:
+        record.output = name
+        _write_patient(*arrays, record.annotated_labels, targets)
+        logger.info("Converted series %s of patient %r to %s (%s).", info.uid, info.patient_id, name,
+                    ", ".join(record.annotated_labels))
+    return [record, *others, *unmatched, *skipped]

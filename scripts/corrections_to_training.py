@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Turn the physicist's corrections a node received into training data (npy and/or NIfTI).
+
+Every job of the node whose latest corrected RT Structure Set was measured becomes one
+patient, ``<PatientID>_<job id>``: the node's copy of the CT series with the correction
+rasterised on it, and ``annotation.json`` naming the labels the correction contains (a
+structure it leaves out is unknown, not background). A table of what was written or left
+out (and why) is printed and saved as conversion_report.json / .csv in DATA_DIR.
+
+Example (then fine-tune with the bundle's finetune.json and --data_dir corrections_data):
+    python scripts/corrections_to_training.py vacseg_node corrections_data
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from vacseg_monai.dicom.exports import OutputFormat, name_map_from_args
+from vacseg_monai.logs import setup_logging
+from vacseg_monai.service.training_data import corrections_to_training
+
+__all__ = ["main"]
+
+logger = logging.getLogger("corrections_to_training")
+
+
+def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="corrections_to_training.py",
+        description="Write the corrected structure sets a DICOM node received, on the node's own CT, as "
+        "training data (partial labels where a correction leaves a structure out), with a report.",
+    )
+    parser.add_argument("node_dir", type=Path, metavar="NODE_OUTPUT_DIR", help="the node's output directory (-od)")
+    parser.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="training data folder to write")
+    out = parser.add_argument_group("Output")
+    out.add_argument("--format", choices=[f.value for f in OutputFormat], default=OutputFormat.NPY.value,
+                     help="npy (default), nifti or both, as for convert_dicom_rt.py")
+    out.add_argument("--overwrite", action="store_true", help="replace patient folders that already exist")
+    mapping = parser.add_argument_group("ROI names")
+    mapping.add_argument("--name-map", action="append", default=[], metavar="ROI=LABEL",
+                         help="map an ROI name to a label number or name, or to 'none' to ignore it; a .json file "
+                         "holding {\"ROI\": label} is read as a whole; may be repeated")
+    verbosity = parser.add_argument_group("Logging").add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    ns = parser.parse_args(args)
+    if not (ns.node_dir / "jobs").is_dir():
+        parser.error(f"{ns.node_dir} is not a node output directory (no jobs/ folder in it)")
+    try:
+        ns.name_map = name_map_from_args(ns.name_map)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return ns
+
+
+def main(args: list[str] | None = None) -> int:
+    """Write the training data; returns 0 when at least one patient was written, 1 when none, 2 on an error."""
+    ns = _setup_argparser(args)
+    level = logging.WARNING if ns.quiet else logging.DEBUG if ns.verbose else logging.INFO
+    setup_logging(level, third_party=ns.verbose, fmt="%(levelname)s %(name)s: %(message)s")
+    try:
+        report = corrections_to_training(ns.node_dir, ns.data_dir, fmt=ns.format, name_map=ns.name_map or None,
+                                         overwrite=ns.overwrite)
+    except (ValueError, FileExistsError) as exc:
+        logger.error("%s", exc)
+        return 2
+    print(report.table())
+    print(f"Report: {ns.data_dir / 'conversion_report.json'} (and .csv)")
+    return 0 if report.converted else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
