@@ -15,14 +15,7 @@ import numpy as np
 import pytest
 from conftest import dice
 from pydicom import dcmread
-from test_service_support import (
-    REPO,
-    edited_structure_set,
-    needs_dcmtk,
-    storescu,
-    wait_until,
-    write_banded_series,
-)
+from test_service_support import REPO, edited_structure_set, needs_dcmtk, write_banded_series
 
 from vacseg_monai.datasets import discover_patients, load_slice
 from vacseg_monai.dicom.exports import REPORT_JSON, SkipReason
@@ -30,6 +23,7 @@ from vacseg_monai.dicom.rtstruct import read_rtstruct_contents
 from vacseg_monai.dicom.series import read_series
 from vacseg_monai.service.jobs import JobState, JobStore
 from vacseg_monai.service.training_data import corrections_to_training
+from vacseg_monai.testing.peers import storescu, wait_until
 
 pytestmark = needs_dcmtk
 
