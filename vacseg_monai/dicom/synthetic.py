@@ -232,6 +232,7 @@ def write_ct_series(
     when = study_datetime or datetime.datetime.now()
     patient_attrs = default_canine_patient()
     patient_attrs.update(patient or {})
+    # A documented table: what every slice shares, from the arguments above.
     header = _SeriesHeader(
         date=when.strftime("%Y%m%d"),
         time=when.strftime("%H%M%S"),
