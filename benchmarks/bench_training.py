@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,75 +99,80 @@ def _bundle_epoch_steps(parser: object) -> int | None:
     return math.ceil(len(items["train"]) / default["batch_size"])
 
 
-def run(repeats: int = 5, steps: int = 10, patients: int = 3, size: int = 512,
-        num_workers: int | None = None) -> dict[str, Any]:
-    """Measure; see the module docstring. Returns the result dictionary."""
-    import torch
+@dataclass
+class _Stepper:
+    """Training steps of the bundle's network, loss and optimizer, timed over a source of batches."""
 
-    parser = train_parser(_dataset(patients, size), patients)
-    if num_workers is not None:
-        parser["num_workers"] = num_workers
-    batch_size = parser.get_parsed_content("batch_size")
-    start = time.perf_counter()
-    loader = parser.get_parsed_content("train#dataloader")
-    cache_s = time.perf_counter() - start
-    device = parser.get_parsed_content("device")
-    network = parser.get_parsed_content("network")
-    loss_fn = parser.get_parsed_content("loss")
-    optimizer = parser.get_parsed_content("optimizer")
-    network.train()
-    if len(loader) < steps:
-        raise ValueError(f"Only {len(loader)} batches per epoch; lower --steps or add --patients.")
+    network: Any
+    loss_fn: Any
+    optimizer: Any
+    device: Any
+    steps: int
 
-    def step(batch: dict) -> float:
-        images, labels = batch["image"].to(device), batch["label"].to(device)
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(network(images), labels)
+    def step(self, batch: dict) -> float:
+        """One forward, loss, backward and optimizer step; the loss."""
+        images, labels = batch["image"].to(self.device), batch["label"].to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.network(images), labels)
         loss.backward()
-        optimizer.step()
+        self.optimizer.step()
         return loss.item()
 
-    def pipeline_run(source=loader) -> tuple[float, float]:
+    def pipeline_run(self, source: Any) -> tuple[float, float]:
+        """Seconds per step over a fresh iterator of ``source``: all steps, and all but the first."""
         begin = time.perf_counter()
         iterator = iter(source)
         first_done = begin
-        for k in range(steps):
-            step(next(iterator))
+        for k in range(self.steps):
+            self.step(next(iterator))
             if k == 0:
                 first_done = time.perf_counter()
         end = time.perf_counter()
         del iterator
-        return (end - begin) / steps, (end - first_done) / max(steps - 1, 1)
+        return (end - begin) / self.steps, (end - first_done) / max(self.steps - 1, 1)
 
-    def materialised_run(batches: list[dict]) -> float:
+    def materialised_run(self, batches: list[dict]) -> float:
+        """Seconds per step over batches already in memory."""
         begin = time.perf_counter()
         for batch in batches:
-            step(batch)
-        return (time.perf_counter() - begin) / steps
+            self.step(batch)
+        return (time.perf_counter() - begin) / self.steps
+
+
+def _materialise(loader: Any, steps: int) -> list[dict]:
+    """The first ``steps`` batches of a fresh iterator of ``loader``, copied into plain tensors."""
+    import torch
 
     iterator = iter(loader)
     batches = [{"image": b["image"].as_subclass(torch.Tensor).clone(), "label": b["label"].as_subclass(torch.Tensor).clone()}
                for b in (next(iterator) for _ in range(steps))]
     del iterator
-    materialised_run(batches[:2])  # warm-up: first passes allocate
-    # Evidence for a fix, not the target: the same dataset loaded in the main process (num_workers=0).
-    from monai.data import DataLoader
+    return batches
 
-    in_process = DataLoader(loader.dataset, batch_size=batch_size, shuffle=True, num_workers=0)
-    next(iter(in_process))  # warm-up: first use of the random transforms in this process
-    pipe, pipe_steady, mat, pipe0 = [], [], [], []
+
+def _timed_modes(stepper: _Stepper, loader: Any, in_process: Any, batches: list[dict],
+                 repeats: int) -> dict[str, list[float]]:
+    """Per mode, its seconds per step in each of ``repeats`` runs, the order of the modes rotating."""
+    times: dict[str, list[float]] = {"pipeline": [], "pipeline_steady": [], "materialised": [], "workers0": []}
 
     def run_pipeline() -> None:
-        total, steady = pipeline_run()
-        pipe.append(total)
-        pipe_steady.append(steady)
+        total, steady = stepper.pipeline_run(loader)
+        times["pipeline"].append(total)
+        times["pipeline_steady"].append(steady)
 
-    modes = [run_pipeline, lambda: mat.append(materialised_run(batches)),
-             lambda: pipe0.append(pipeline_run(in_process)[0])]
+    modes = [run_pipeline, lambda: times["materialised"].append(stepper.materialised_run(batches)),
+             lambda: times["workers0"].append(stepper.pipeline_run(in_process)[0])]
     for r in range(repeats):
         for mode in modes[r % 3:] + modes[: r % 3]:  # the order rotates: no mode always runs first
             mode()
-    pipe_s, steady_s, mat_s = stats(pipe), stats(pipe_steady), stats(mat)
+    return times
+
+
+def _result(parser: Any, loader: Any, times: dict[str, list[float]], *, cache_s: float, batch_size: int,
+            steps: int, repeats: int, patients: int, size: int) -> dict[str, Any]:
+    """The result dictionary: statistics per mode, the paired ratios, the projection to a bundle epoch."""
+    pipe, mat, pipe0 = times["pipeline"], times["materialised"], times["workers0"]
+    pipe_s, steady_s, mat_s = stats(pipe), stats(times["pipeline_steady"]), stats(mat)
     paired = [p / m for p, m in zip(pipe, mat)]
     ratio = statistics.median(paired)
     # Project to a real epoch: the first step (worker start-up) once, then the steady state.
@@ -204,6 +210,36 @@ def run(repeats: int = 5, steps: int = 10, patients: int = 3, size: int = 512,
         "met": {"ratio": ratio <= 1.1},
         "machine": machine_info(),
     }
+
+
+def run(repeats: int = 5, steps: int = 10, patients: int = 3, size: int = 512,
+        num_workers: int | None = None) -> dict[str, Any]:
+    """Measure; see the module docstring. Returns the result dictionary."""
+    parser = train_parser(_dataset(patients, size), patients)
+    if num_workers is not None:
+        parser["num_workers"] = num_workers
+    batch_size = parser.get_parsed_content("batch_size")
+    start = time.perf_counter()
+    loader = parser.get_parsed_content("train#dataloader")
+    cache_s = time.perf_counter() - start
+    device = parser.get_parsed_content("device")
+    network = parser.get_parsed_content("network")
+    loss_fn = parser.get_parsed_content("loss")
+    optimizer = parser.get_parsed_content("optimizer")
+    network.train()
+    if len(loader) < steps:
+        raise ValueError(f"Only {len(loader)} batches per epoch; lower --steps or add --patients.")
+    stepper = _Stepper(network, loss_fn, optimizer, device, steps)
+    batches = _materialise(loader, steps)
+    stepper.materialised_run(batches[:2])  # warm-up: first passes allocate
+    # Evidence for a fix, not the target: the same dataset loaded in the main process (num_workers=0).
+    from monai.data import DataLoader
+
+    in_process = DataLoader(loader.dataset, batch_size=batch_size, shuffle=True, num_workers=0)
+    next(iter(in_process))  # warm-up: first use of the random transforms in this process
+    times = _timed_modes(stepper, loader, in_process, batches, repeats)
+    return _result(parser, loader, times, cache_s=cache_s, batch_size=batch_size, steps=steps, repeats=repeats,
+                   patients=patients, size=size)
 
 
 def summary(result: dict[str, Any]) -> str:

@@ -18,3 +18,6 @@ def test_demo_can_be_run_again_in_the_same_folder(tmp_path):
     assert not first.rtstruct.exists() and second.rtstruct.exists()
     assert str(dcmread(second.rtstruct, stop_before_pixels=True).Modality) == "RTSTRUCT"
     assert second.n_slices == first.n_slices and set(second.dice) == {"Vacbag", "Couch", "Body"}
+    assert second.seg is not None and second.seg.is_file() and second.qa_picture is not None
+    assert "network" in second.stage_seconds and not any(k.endswith("_after_export") for k in second.stage_seconds)
+    assert min(second.dice.values()) > 0.9, second.dice

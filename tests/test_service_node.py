@@ -18,7 +18,15 @@ from vacseg_monai.service.config import Destination, NodeConfig
 from vacseg_monai.service.jobs import JobState, JobStore
 from vacseg_monai.service.scp import DicomNode
 from vacseg_monai.service.worker import ProcessorError, check_modalities, process_job
-from vacseg_monai.testing.peers import NodeProcess, StoreSCP, echoscu, free_port, storescu, wait_until
+from vacseg_monai.testing.peers import (
+    NodeProcess,
+    StoreSCP,
+    echoscu,
+    free_port,
+    storescu,
+    storescu_store_all,
+    wait_until,
+)
 from vacseg_monai.testing.processors import StandInProcessor
 
 pytestmark = needs_dcmtk
@@ -133,6 +141,16 @@ def test_allow_list_rejects_unknown_calling_aet(tmp_path):
     with make_node(tmp_path, allowed_host=["10.9.8.7"]) as node:
         rejected = echoscu(node.port, aet="GOODSCU")
         assert rejected.returncode != 0 and "Association Rejected" in rejected.stderr
+
+
+def test_store_all_counts_a_success_per_file_and_names_a_refused_send(tmp_path):
+    files = write_series(tmp_path / "s", 3)
+    with make_node(tmp_path, allowed_aet=["CLINIC_TPS"]) as node:
+        storescu_store_all(node.port, files, aet="CLINIC_TPS", connect_timeout=30)
+        job = wait_finished(node.store, 1, timeout=20)[0]
+        assert job.state is JobState.DONE and job.n_instances == 3
+        with pytest.raises(RuntimeError, match=r"storescu stored 0 of 3 files \(exit "):
+            storescu_store_all(node.port, files, aet="EVILSCU")
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")

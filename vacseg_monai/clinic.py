@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -43,6 +41,7 @@ from scipy import ndimage
 
 from vacseg_monai.labels import BACKGROUND, label_by_name
 from vacseg_monai.phantom import Phantom, Tissue, generate_phantom
+from vacseg_monai.testing.peers import storescu_store_all
 
 __all__ = [
     "CLINIC_PHANTOM_VERSION",
@@ -56,7 +55,6 @@ __all__ = [
     "finetune",
     "node_round",
     "run_clinic_loop",
-    "storescu",
     "write_clinic_case",
 ]
 
@@ -64,6 +62,9 @@ logger = logging.getLogger(__name__)
 
 #: The phantom generator of the clinic's patients (the shipped model's world).
 CLINIC_PHANTOM_VERSION = 1
+
+#: The calling AE title of the clinic's planning system.
+_CLINIC_AET = "CLINIC_TPS"
 
 _VACBAG = label_by_name("Vacbag").value
 _COUCH = label_by_name("Couch").value
@@ -235,22 +236,9 @@ def write_clinic_case(case: ClinicCase, out_dir: str | Path) -> ClinicSeries:
     return ClinicSeries(case, tuple(written.ct_files), str(series.series_instance_uid), correction)
 
 
-def storescu(port: int, files: Sequence[Path], *, aec: str = "VACSEG", aet: str = "CLINIC_TPS",
-             timeout: float = 300.0) -> None:
-    """Send ``files`` over one association with DCMTK ``storescu`` (TCP_NODELAY=1), as a planning system would.
-
-    Raises:
-        RuntimeError: if ``storescu`` is missing or a store did not succeed (its output in the message).
-    """
-    if shutil.which("storescu") is None:
-        raise RuntimeError("DCMTK storescu is not installed (Debian: apt-get install dcmtk).")
-    command = ["storescu", "-v", "-aet", aet, "-aec", aec, "-to", "30", "127.0.0.1", str(port), *map(str, files)]
-    done = subprocess.run(command, env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True,
-                          timeout=timeout, check=False)
-    stored = done.stderr.count("Received Store Response (Success)")
-    if done.returncode != 0 or stored != len(files):
-        raise RuntimeError(f"storescu stored {stored} of {len(files)} files (exit {done.returncode}):\n"
-                           f"{done.stderr[-2000:]}")
+def _send(port: int, files: Sequence[Path]) -> None:
+    """Send ``files`` over one association as the clinic's planning system would (DCMTK storescu, checked)."""
+    storescu_store_all(port, files, aet=_CLINIC_AET, aec="VACSEG", timeout=300.0, connect_timeout=30)
 
 
 def _wait_for(condition, timeout: float, what: str, interval: float = 0.25):
@@ -311,7 +299,7 @@ def node_round(node_dir: str | Path, series: Sequence[ClinicSeries], *, ckpt_pat
             raise RuntimeError(f"The node's worker did not load the bundle within {timeout_per_series:.0f} s.")
         for item in series:
             start = time.perf_counter()
-            storescu(node.port, item.ct_files)
+            _send(node.port, item.ct_files)
             job = _wait_for(lambda uid=item.series_uid: _finished_job(node.store, uid), timeout_per_series,
                             f"the node's result for {item.case.phantom.patient_id}")
             if job.state.value != "done":
@@ -319,7 +307,7 @@ def node_round(node_dir: str | Path, series: Sequence[ClinicSeries], *, ckpt_pat
                                    f"{job.reason}")
             seconds = time.perf_counter() - start
             own = dcmread(node.store.job_dir(job.job_id) / job.outputs[0], stop_before_pixels=True)
-            storescu(node.port, [item.correction])
+            _send(node.port, [item.correction])
             job = _wait_for(lambda job_id=job.job_id: (j := node.store.load(job_id)).corrections and j,
                             timeout_per_series,
                             f"the measured correction of {item.case.phantom.patient_id}")

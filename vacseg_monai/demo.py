@@ -15,8 +15,12 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vacseg_monai.labels import LABELS
+
+if TYPE_CHECKING:
+    from vacseg_monai.service.receiver import ReceivedInstance
 
 __all__ = ["DemoResult", "dice", "run_demo"]
 
@@ -65,6 +69,71 @@ def dice(a, b) -> float:
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
+@dataclass
+class _Delivery:
+    """The node's results as the receiver got them, and when the series was sent."""
+
+    rtstruct: ReceivedInstance
+    segs: list[ReceivedInstance]
+    start: float
+    acknowledged: float
+
+
+def _send_and_receive(ct_files: list[Path], output_dir: Path, bundle: Path, *, timeout: float,
+                      log_level: str) -> _Delivery:
+    """Start a node on ``bundle`` and a receiver, send the series, wait for its RTSTRUCT and SEG, stop the node.
+
+    Raises:
+        TimeoutError: if the worker does not load the bundle or the results do not arrive in time.
+    """
+    from vacseg_monai.service.config import Destination, NodeConfig, OutputKind
+    from vacseg_monai.service.export import send_files
+    from vacseg_monai.service.jobs import JobStore, format_status
+    from vacseg_monai.service.receiver import ResultReceiver
+    from vacseg_monai.service.scp import DicomNode
+
+    with ResultReceiver(output_dir / "received", ae_title="DEMO_TPS") as receiver:
+        config = NodeConfig(
+            port=0,
+            output_directory=output_dir / "node",
+            bundle=bundle,
+            destination=Destination("127.0.0.1", receiver.port, receiver.ae_title),
+            output=OutputKind.BOTH,
+            min_free_mb=100,
+            log_level=log_level,
+        )
+        node = DicomNode(config)
+        node.start()
+        try:
+            if not node.worker.wait_ready(timeout):
+                raise TimeoutError(f"The node's worker did not load the bundle {bundle} within {timeout:.0f} s.")
+            start = time.perf_counter()
+            send_files(ct_files, Destination("127.0.0.1", node.port, config.ae_title), calling_aet="DEMO_TPS")
+            acknowledged = time.perf_counter()
+            try:
+                (rtstruct,) = receiver.wait_for("RTSTRUCT", timeout=timeout)
+                segs = receiver.wait_for("SEG", timeout=timeout)
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}\nNode jobs:\n{format_status(JobStore(config.output_directory).jobs())}")
+        finally:
+            node.stop()
+    return _Delivery(rtstruct, segs, start, acknowledged)
+
+
+def _job_record(node_dir: Path) -> tuple[dict[str, float], Path | None]:
+    """The stage timings of the node's one job (those after the export left out) and its QA picture, if any."""
+    from vacseg_monai.service.jobs import JobStore
+    from vacseg_monai.service.processor import QA_PICTURE, TIMINGS_FILE
+
+    (job,) = JobStore(node_dir).jobs()
+    job_dir = JobStore(node_dir).job_dir(job.job_id)
+    timings_file = job_dir / TIMINGS_FILE
+    stages = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    stages = {k: v for k, v in stages.items() if not k.endswith("_after_export")}  # not waited for
+    qa = job_dir / QA_PICTURE
+    return stages, qa if qa.is_file() else None
+
+
 def run_demo(
     output_dir: str | Path,
     *,
@@ -97,12 +166,6 @@ def run_demo(
     from vacseg_monai.dicom.series import read_series
     from vacseg_monai.paths import default_bundle_root
     from vacseg_monai.phantom import generate_phantom
-    from vacseg_monai.service.config import Destination, NodeConfig, OutputKind
-    from vacseg_monai.service.export import send_files
-    from vacseg_monai.service.jobs import JobStore, format_status
-    from vacseg_monai.service.processor import QA_PICTURE, TIMINGS_FILE
-    from vacseg_monai.service.receiver import ResultReceiver
-    from vacseg_monai.service.scp import DicomNode
 
     output_dir = Path(output_dir)
     bundle = Path(bundle) if bundle is not None else Path(default_bundle_root())
@@ -115,50 +178,19 @@ def run_demo(
     written = write_phantom_dicom(phantom, output_dir / "input")
     logger.info("Wrote phantom %s as %d CT images to %s", phantom.patient_id, len(written.ct_files), written.ct_dir)
 
-    with ResultReceiver(output_dir / "received", ae_title="DEMO_TPS") as receiver:
-        config = NodeConfig(
-            port=0,
-            output_directory=output_dir / "node",
-            bundle=bundle,
-            destination=Destination("127.0.0.1", receiver.port, receiver.ae_title),
-            output=OutputKind.BOTH,
-            min_free_mb=100,
-            log_level=log_level,
-        )
-        node = DicomNode(config)
-        node.start()
-        try:
-            if not node.worker.wait_ready(timeout):
-                raise TimeoutError(f"The node's worker did not load the bundle {bundle} within {timeout:.0f} s.")
-            start = time.perf_counter()
-            send_files(written.ct_files, Destination("127.0.0.1", node.port, config.ae_title), calling_aet="DEMO_TPS")
-            acknowledged = time.perf_counter()
-            try:
-                (rtstruct,) = receiver.wait_for("RTSTRUCT", timeout=timeout)
-                segs = receiver.wait_for("SEG", timeout=timeout)
-            except TimeoutError as exc:
-                raise TimeoutError(f"{exc}\nNode jobs:\n{format_status(JobStore(config.output_directory).jobs())}")
-        finally:
-            node.stop()
-
+    delivery = _send_and_receive(written.ct_files, output_dir, bundle, timeout=timeout, log_level=log_level)
     series = read_series(written.ct_dir)
-    predicted = read_rtstruct(rtstruct.path, series)
+    predicted = read_rtstruct(delivery.rtstruct.path, series)
     truth = read_rtstruct(written.rtstruct_path, series)
     scores = {label.name: dice(predicted == label.value, truth == label.value) for label in LABELS}
-
-    (job,) = JobStore(config.output_directory).jobs()
-    job_dir = JobStore(config.output_directory).job_dir(job.job_id)
-    timings_file = job_dir / TIMINGS_FILE
-    stages = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
-    stages = {k: v for k, v in stages.items() if not k.endswith("_after_export")}  # not waited for
-    qa = job_dir / QA_PICTURE
+    stages, qa = _job_record(output_dir / "node")
     return DemoResult(
-        rtstruct=rtstruct.path,
-        seg=segs[0].path if segs else None,
-        qa_picture=qa if qa.is_file() else None,
+        rtstruct=delivery.rtstruct.path,
+        seg=delivery.segs[0].path if delivery.segs else None,
+        qa_picture=qa,
         dice=scores,
-        send_seconds=acknowledged - start,
-        latency_seconds=rtstruct.arrived - acknowledged,
+        send_seconds=delivery.acknowledged - delivery.start,
+        latency_seconds=delivery.rtstruct.arrived - delivery.acknowledged,
         stage_seconds=stages,
         n_slices=len(written.ct_files),
     )

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,6 +78,40 @@ def _check_panel(i: int, panel: OverlayPanel) -> None:
             )
 
 
+def _draw_panel(ax: Any, panel: OverlayPanel, window: tuple[float, float], alpha: float) -> None:
+    """Draw one panel on ``ax``: the windowed slice, its label fill, its contours, its title."""
+    ax.imshow(window_ct(panel.image, *window), cmap="gray", vmin=0.0, vmax=1.0, interpolation="antialiased")
+    if panel.labels is not None:
+        ax.imshow(label_overlay_rgba(np.asarray(panel.labels), alpha), interpolation="nearest")
+    if panel.contours is not None:
+        contours = np.asarray(panel.contours)
+        for label in LABELS:
+            sel = contours == label.value
+            if sel.any() and not sel.all():
+                ax.contour(sel.astype(np.float32), levels=[0.5], colors=[np.asarray(label.color) / 255.0],
+                           linewidths=0.9)
+    ax.set_title(panel.title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _legend_handles(has_fill: bool, has_contours: bool, labels_name: str, contours_name: str) -> list[Any]:
+    """The legend entries: per label a fill patch and/or a contour line, named by kind when both are shown."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = []
+    for label in LABELS:
+        colour = np.asarray(label.color) / 255.0
+        if has_fill:
+            handles.append(Patch(facecolor=(*colour, 0.6), edgecolor=colour,
+                                 label=f"{label.value} {label.name} ({labels_name})" if has_contours else
+                                 f"{label.value} {label.name}"))
+        if has_contours:
+            handles.append(Line2D([0], [0], color=colour, lw=1.5, label=f"{label.value} {label.name} ({contours_name})"))
+    return handles
+
+
 def save_overlay_montage(
     panels: Sequence[OverlayPanel],
     path: str | Path,
@@ -116,8 +151,6 @@ def save_overlay_montage(
         _check_panel(i, panel)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
 
     n = len(panels)
     n_cols = min(4, n) if n_cols is None else max(1, min(int(n_cols), n))
@@ -128,29 +161,8 @@ def save_overlay_montage(
     has_fill = any(p.labels is not None for p in panels)
     has_contours = any(p.contours is not None for p in panels)
     for i, panel in enumerate(panels):
-        ax = fig.add_subplot(n_rows, n_cols, i + 1)
-        ax.imshow(window_ct(panel.image, *window), cmap="gray", vmin=0.0, vmax=1.0, interpolation="antialiased")
-        if panel.labels is not None:
-            ax.imshow(label_overlay_rgba(np.asarray(panel.labels), alpha), interpolation="nearest")
-        if panel.contours is not None:
-            contours = np.asarray(panel.contours)
-            for label in LABELS:
-                sel = contours == label.value
-                if sel.any() and not sel.all():
-                    ax.contour(sel.astype(np.float32), levels=[0.5], colors=[np.asarray(label.color) / 255.0],
-                               linewidths=0.9)
-        ax.set_title(panel.title, fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    handles = []
-    for label in LABELS:
-        colour = np.asarray(label.color) / 255.0
-        if has_fill:
-            handles.append(Patch(facecolor=(*colour, 0.6), edgecolor=colour,
-                                 label=f"{label.value} {label.name} ({labels_name})" if has_contours else
-                                 f"{label.value} {label.name}"))
-        if has_contours:
-            handles.append(Line2D([0], [0], color=colour, lw=1.5, label=f"{label.value} {label.name} ({contours_name})"))
+        _draw_panel(fig.add_subplot(n_rows, n_cols, i + 1), panel, window, alpha)
+    handles = _legend_handles(has_fill, has_contours, labels_name, contours_name)
     level, width = window
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False,
                title=f"window L {level:g} / W {width:g} HU", title_fontsize=8)

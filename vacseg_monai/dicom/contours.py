@@ -95,26 +95,42 @@ def volume_to_contours(masks: np.ndarray) -> list[tuple[int, np.ndarray]]:
     Raises:
         ValueError: if ``masks`` is not 3D.
     """
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import connected_components
-
     masks = np.asarray(masks)
     if masks.ndim != 3:
         raise ValueError(f"`masks` must be a 3D (rows, cols, n_slices) array, got shape {masks.shape}.")
     inside = masks if masks.dtype == bool else masks != 0
+    cropped = _crop_and_pad(inside)
+    if cropped is None:
+        return []
+    padded, origin = cropped
+    ids, nxt = _vertex_links(padded)
+    ids, component = _walk_cycles(ids, nxt)
+    return _cycle_contours(ids, component, padded.shape, origin)
+
+
+def _crop_and_pad(inside: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]] | None:
+    """The bounding box of ``inside`` as uint8, padded in-plane by one background pixel, and its first
+    (row, col, slice); None when nothing is inside."""
     rows_any = np.flatnonzero(inside.any(axis=(1, 2)))
     if rows_any.size == 0:
-        return []
+        return None
     cols_any = np.flatnonzero(inside.any(axis=(0, 2)))
     slices_any = np.flatnonzero(inside[rows_any[0] : rows_any[-1] + 1, cols_any[0] : cols_any[-1] + 1].any(axis=(0, 1)))
     r0, c0, k0 = int(rows_any[0]), int(cols_any[0]), int(slices_any[0])
     r1, c1, k1 = int(rows_any[-1]) + 1, int(cols_any[-1]) + 1, int(slices_any[-1]) + 1
-    height, width, depth = r1 - r0 + 2, c1 - c0 + 2, k1 - k0
-    padded = np.zeros((height, width, depth), dtype=np.uint8)
+    padded = np.zeros((r1 - r0 + 2, c1 - c0 + 2, k1 - k0), dtype=np.uint8)
     padded[1:-1, 1:-1] = inside[r0:r1, c0:c1, k0:k1]
+    return padded, (r0, c0, k0)
 
-    # Vertices: h between pixels (i, j) and (i, j+1) at (i, j + 0.5); v between (i, j)
-    # and (i+1, j) at (i + 0.5, j). Flat indices of a (height, width, depth) array.
+
+def _vertex_links(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The marching-squares vertices of ``padded`` as sorted ids, and for each the position of the next one.
+
+    Vertices: h between pixels (i, j) and (i, j+1) at (i, j + 0.5); v between (i, j) and (i+1, j)
+    at (i + 0.5, j). A vertex id is ``(slice * 2 + kind) * plane + flat in-plane index`` with kind
+    0 for h and 1 for v; the walk keeps the foreground on its right.
+    """
+    height, width, depth = padded.shape
     crossing = np.zeros((height, width, depth), dtype=bool)
     np.not_equal(padded[:, 1:], padded[:, :-1], out=crossing[:, :-1])
     h_flat = np.flatnonzero(crossing)
@@ -155,11 +171,17 @@ def volume_to_contours(masks: np.ndarray) -> list[tuple[int, np.ndarray]]:
     )
     order = np.argsort(ids)
     ids = ids[order]
-    nxt = np.searchsorted(ids, exit_ids[order])
+    return ids, np.searchsorted(ids, exit_ids[order])
+
+
+def _walk_cycles(ids: np.ndarray, nxt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The vertex ids in contour order and the contour of each: every contour is a cycle of ``nxt``,
+    numbered in order of its smallest vertex id and starting there."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
     count = len(ids)
     node = np.arange(count)
-
-    # Each contour is a cycle of `nxt`; number them in order of their smallest vertex id.
     _, component = connected_components(
         csr_matrix((np.ones(count, dtype=np.int8), (node, nxt)), shape=(count, count)), directed=True, connection="weak"
     )
@@ -177,9 +199,19 @@ def volume_to_contours(masks: np.ndarray) -> list[tuple[int, np.ndarray]]:
         link = jumped
     dist += dist[link]
     sequence = np.lexsort((-dist, component))
-    ids = ids[sequence]
-    component = component[sequence]
+    return ids[sequence], component[sequence]
 
+
+def _cycle_contours(
+    ids: np.ndarray, component: np.ndarray, shape: tuple[int, int, int], origin: tuple[int, int, int]
+) -> list[tuple[int, np.ndarray]]:
+    """``(slice_index, contour)`` per cycle in the volume's coordinates, points on a straight line dropped,
+    contours of fewer than 3 points left out."""
+    height, width, _ = shape
+    r0, c0, k0 = origin
+    plane = height * width
+    count = len(ids)
+    node = np.arange(count)
     kind, rem = np.divmod(ids % (2 * plane), plane)
     points = np.empty((count, 2), dtype=np.float64)
     points[:, 0] = rem // width + 0.5 * kind + (r0 - 1)

@@ -632,6 +632,66 @@ def _output_format(fmt: str | OutputFormat) -> OutputFormat:
         raise ValueError(f"`fmt` must be one of {[f.value for f in OutputFormat]}, got {fmt!r}.") from None
 
 
+def _scan_input(input_dir: Path, output_dir: Path) -> _Index:
+    """The index of ``input_dir``'s exports; an output folder inside the input folder is not scanned."""
+    resolved_in, resolved_out = input_dir.resolve(), output_dir.resolve()
+    exclude = input_dir / resolved_out.relative_to(resolved_in) if resolved_in in resolved_out.parents else None
+    index = _scan(input_dir, exclude)
+    logger.info(
+        "Found %d CT series and %d RT Structure Sets in %s (%d unreadable files).",
+        len(index.ct), len(index.rtstructs), input_dir, len(index.unreadable),
+    )
+    return index
+
+
+def _refuse_existing(output_dir: Path, fmt: OutputFormat, names: Sequence[str], overwrite: bool) -> None:
+    """Raise FileExistsError if a patient folder of ``names`` exists and ``overwrite`` is False."""
+    existing = [str(path) for name in names for _, path in _targets(output_dir, fmt, name) if path.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"Patient folders already exist in {output_dir}: {existing}; pass overwrite=True (--overwrite) "
+            "to replace them or choose another output folder."
+        )
+
+
+def _convert_matched(
+    index: _Index,
+    by_series: Mapping[str, list[_RTInfo]],
+    names: Mapping[str, str],
+    input_dir: Path,
+    output_dir: Path,
+    *,
+    fmt: OutputFormat,
+    name_map: Mapping[str, int | str | None] | None,
+    progress: bool,
+) -> tuple[list[ConversionRecord], list[ConversionRecord]]:
+    """Convert and write every CT series with a structure set; the converted records and the skipped ones."""
+    from tqdm.auto import tqdm
+
+    converted: list[ConversionRecord] = []
+    skipped: list[ConversionRecord] = []
+    for uid in tqdm(sorted(index.ct, key=lambda u: (index.ct[u].patient_id, u)), desc="series", unit="series",
+                    disable=not progress):
+        info = index.ct[uid]
+        if uid not in by_series:
+            skipped.append(ConversionRecord(
+                status="skipped", reason=SkipReason.NO_RTSTRUCT.value, patient_id=info.patient_id,
+                series_instance_uid=uid, ct_folder=str(_common_folder(info.files)), n_slices=len(info.files),
+                detail=f"no RT Structure Set in {input_dir} references this CT series ({len(info.files)} files)",
+            ))
+            continue
+        record, others, arrays = _convert_one(info, by_series[uid], name_map)
+        skipped.extend(others)
+        if arrays is None:
+            skipped.append(record)
+            continue
+        record.output = names[uid]
+        _write_patient(*arrays, record.annotated_labels, _targets(output_dir, fmt, names[uid]))
+        converted.append(record)
+        logger.info("Converted series %s of patient %r to %s.", uid, info.patient_id, names[uid])
+    return converted, skipped
+
+
 def convert_exports(
     input_dir: str | Path,
     output_dir: str | Path,
@@ -664,20 +724,11 @@ def convert_exports(
         ValueError: if ``input_dir`` is not a folder or ``fmt`` is unknown.
         FileExistsError: if a patient folder to be written exists and ``overwrite`` is False.
     """
-    from tqdm.auto import tqdm
-
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise ValueError(f"Input folder {input_dir} does not exist or is not a folder.")
     fmt = _output_format(fmt)
-    resolved_in, resolved_out = input_dir.resolve(), output_dir.resolve()
-    # An output folder inside the input folder is not scanned.
-    exclude = input_dir / resolved_out.relative_to(resolved_in) if resolved_in in resolved_out.parents else None
-    index = _scan(input_dir, exclude)
-    logger.info(
-        "Found %d CT series and %d RT Structure Sets in %s (%d unreadable files).",
-        len(index.ct), len(index.rtstructs), input_dir, len(index.unreadable),
-    )
+    index = _scan_input(input_dir, output_dir)
     skipped: list[ConversionRecord] = [
         ConversionRecord(status="skipped", reason=SkipReason.UNREADABLE_FILE.value, detail=message,
                          ct_folder=str(path.parent))
@@ -685,38 +736,12 @@ def convert_exports(
     ]
     by_series, unmatched = _structure_sets_by_series(index, input_dir)
     skipped.extend(unmatched)
-
     names = _assign_names([index.ct[uid] for uid in by_series])
-    existing = [
-        str(path) for uid in by_series for _, path in _targets(output_dir, fmt, names[uid]) if path.exists()
-    ]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"Patient folders already exist in {output_dir}: {existing}; pass overwrite=True (--overwrite) "
-            "to replace them or choose another output folder."
-        )
+    _refuse_existing(output_dir, fmt, [names[uid] for uid in by_series], overwrite)
 
-    converted: list[ConversionRecord] = []
-    for uid in tqdm(sorted(index.ct, key=lambda u: (index.ct[u].patient_id, u)), desc="series", unit="series",
-                    disable=not progress):
-        info = index.ct[uid]
-        if uid not in by_series:
-            skipped.append(ConversionRecord(
-                status="skipped", reason=SkipReason.NO_RTSTRUCT.value, patient_id=info.patient_id,
-                series_instance_uid=uid, ct_folder=str(_common_folder(info.files)), n_slices=len(info.files),
-                detail=f"no RT Structure Set in {input_dir} references this CT series ({len(info.files)} files)",
-            ))
-            continue
-        record, others, arrays = _convert_one(info, by_series[uid], name_map)
-        skipped.extend(others)
-        if arrays is None:
-            skipped.append(record)
-            continue
-        record.output = names[uid]
-        _write_patient(*arrays, record.annotated_labels, _targets(output_dir, fmt, names[uid]))
-        converted.append(record)
-        logger.info("Converted series %s of patient %r to %s.", uid, info.patient_id, names[uid])
-
+    converted, not_converted = _convert_matched(index, by_series, names, input_dir, output_dir, fmt=fmt,
+                                                name_map=name_map, progress=progress)
+    skipped.extend(not_converted)
     report = ConversionReport(
         input_dir=str(input_dir), output_dir=str(output_dir), format=fmt.value,
         records=sorted(converted, key=lambda r: r.output) + skipped,

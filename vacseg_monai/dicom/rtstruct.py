@@ -168,13 +168,36 @@ def write_rtstruct(
         raise ValueError(f"`structure_set_label` must have at most 16 characters, got {structure_set_label!r}.")
     _warn_unknown_values(label_map, label_table)
 
-    now = now or datetime.datetime.now()
+    ds = _structure_set_header(
+        series, now or datetime.datetime.now(), root_uid=root_uid, series_description=series_description,
+        series_number=series_number, structure_set_label=structure_set_label, model_version=model_version,
+    )
+    _add_rois(ds, label_map, series, label_table, simplify_tolerance_mm, dict(roi_notes or {}))
+    # Approval: automatic contours are never approved by this software.
+    ds.ApprovalStatus = "UNAPPROVED"
+    ds.file_meta = _file_meta(ds.SOPInstanceUID)
+    if out_path is not None:
+        save_atomic(ds, out_path)
+    return ds
+
+
+def _structure_set_header(
+    series: CTSeries,
+    now: datetime.datetime,
+    *,
+    root_uid: str,
+    series_description: str,
+    series_number: int,
+    structure_set_label: str,
+    model_version: str | None,
+) -> Dataset:
+    """The structure set's modules other than its ROIs: a documented table of DICOM attributes.
+
+    SOP Common, Patient and Study (copied from the CT), RT Series, General Equipment, Frame of
+    Reference (shared with the CT) and the Structure Set's own label, date and time.
+    """
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ct = series.datasets[0]
-    sop_class = UID(str(series.sop_class_uid))
-    sop_uids = [str(uid) for uid in series.sop_instance_uids]
-    for_uid = str(series.frame_of_reference_uid)
-
     ds = Dataset()
     ds.SpecificCharacterSet = ct.get("SpecificCharacterSet", "ISO_IR 100")
     ds.InstanceCreationDate = date
@@ -199,17 +222,31 @@ def write_rtstruct(
     ds.ManufacturerModelName = "vacseg_monai"
     ds.SoftwareVersions = [__version__, model_version[:64]] if model_version else __version__
     # Frame of Reference (shared with the CT)
-    ds.FrameOfReferenceUID = for_uid
+    ds.FrameOfReferenceUID = str(series.frame_of_reference_uid)
     ds.PositionReferenceIndicator = ct.get("PositionReferenceIndicator", "")
     # Structure Set
     ds.StructureSetLabel = structure_set_label
     ds.StructureSetDate = date
     ds.StructureSetTime = time
     ds.InstanceNumber = 1
+    return ds
+
+
+def _add_rois(
+    ds: Dataset,
+    label_map: np.ndarray,
+    series: CTSeries,
+    label_table: Sequence[Label],
+    simplify_tolerance_mm: float | None,
+    notes: Mapping[int, str],
+) -> None:
+    """Add the referenced frame of reference, one ROI per label, its contours and its observation to ``ds``."""
+    sop_class = UID(str(series.sop_class_uid))
+    sop_uids = [str(uid) for uid in series.sop_instance_uids]
+    for_uid = str(series.frame_of_reference_uid)
     ds.ReferencedFrameOfReferenceSequence = DicomSequence(
         [_referenced_frame_of_reference(for_uid, str(series.study_instance_uid), str(series.series_instance_uid), sop_class, sop_uids)]
     )
-    notes = dict(roi_notes or {})
     ds.StructureSetROISequence = DicomSequence(
         [_structure_set_roi(label, for_uid, notes.get(label.value)) for label in label_table]
     )
@@ -226,19 +263,17 @@ def write_rtstruct(
     ds.RTROIObservationsSequence = DicomSequence(
         [_observation(index + 1, label, notes.get(label.value)) for index, label in enumerate(label_table)]
     )
-    # Approval: automatic contours are never approved by this software.
-    ds.ApprovalStatus = "UNAPPROVED"
 
+
+def _file_meta(sop_instance_uid: str) -> FileMetaDataset:
+    """The file meta information of an RT Structure Set (explicit VR little endian)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = RTSTRUCT_SOP_CLASS_UID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = f"VACSEG_{__version__}"[:16]
-    ds.file_meta = meta
-    if out_path is not None:
-        save_atomic(ds, out_path)
-    return ds
+    return meta
 
 
 def _warn_unknown_values(label_map: np.ndarray, label_table: Sequence[Label]) -> None:

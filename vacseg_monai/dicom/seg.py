@@ -136,35 +136,21 @@ def write_seg(
     table = _check_label_table(label_table)
     check_root_uid(root_uid)
     label_map = series_label_map(labels, series)
-    expected_shape = label_map.shape
-    segment_map = _to_segment_numbers(label_map, table, series.series_instance_uid)
-
-    if probabilities is None:
-        segmentation_type = hd.seg.SegmentationTypeValues.BINARY
-        # (rows, cols, n) -> (frames, rows, cols): frame k is source image k.
-        pixel_array = np.ascontiguousarray(np.moveaxis(segment_map, 2, 0))
-    else:
-        segmentation_type = hd.seg.SegmentationTypeValues.FRACTIONAL
-        pixel_array = _as_fractional_frames(probabilities, expected_shape, len(table), series.series_instance_uid)
-    del segment_map
+    segmentation_type, pixel_array = _frames(label_map, table, series, probabilities)
+    del label_map
     if omit_empty_frames and not pixel_array.any():
         # highdicom cannot omit every frame; say so here rather than let it warn.
         logger.info("Label map for series %s has no foreground; encoding all frames.", series.series_instance_uid)
         omit_empty_frames = False
 
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=SEG_MANUFACTURER,
-        family=codes.DCM.ArtificialIntelligence,
-        version=__version__,
-    )
-    descriptions = [_segment_description(number, label, algorithm) for number, label in enumerate(table, start=1)]
+    descriptions = _segment_descriptions(table)
     if content_description is None:
         names = ", ".join(label.name for label in table)
         content_description = f"{SEG_MANUFACTURER} {__version__} automatic: {names}"[:64]
 
-    source_images = _source_images(series)
+    # A documented table: the attributes highdicom takes, each from an argument above or from this software.
     seg = hd.seg.Segmentation(
-        source_images=source_images,
+        source_images=_source_images(series),
         pixel_array=pixel_array,
         segmentation_type=segmentation_type,
         segment_descriptions=descriptions,
@@ -186,18 +172,35 @@ def write_seg(
     )
     complete_veterinary_attributes(seg)
     _add_coding_scheme_identification(seg, table)
-    logger.info(
-        "Built %s SEG %s (%d frames, %d segments) for series %s.",
-        segmentation_type.value,
-        seg.SOPInstanceUID,
-        int(seg.NumberOfFrames),
-        len(table),
-        series.series_instance_uid,
-    )
+    logger.info("Built %s SEG %s (%d frames, %d segments) for series %s.", segmentation_type.value,
+                seg.SOPInstanceUID, int(seg.NumberOfFrames), len(table), series.series_instance_uid)
     if out_path is not None:
         out_path = Path(out_path)
         save_atomic(seg, out_path / output_file_name(seg) if out_path.is_dir() else out_path)
     return seg
+
+
+def _frames(
+    label_map: np.ndarray, table: list[Label], series: CTSeries, probabilities: Any | None
+) -> tuple[hd.seg.SegmentationTypeValues, np.ndarray]:
+    """The segmentation type and its frames ``(n_slices, rows, cols)``: segment numbers, or fractions if given."""
+    segment_map = _to_segment_numbers(label_map, table, series.series_instance_uid)
+    if probabilities is None:
+        # (rows, cols, n) -> (frames, rows, cols): frame k is source image k.
+        return hd.seg.SegmentationTypeValues.BINARY, np.ascontiguousarray(np.moveaxis(segment_map, 2, 0))
+    del segment_map
+    pixel_array = _as_fractional_frames(probabilities, label_map.shape, len(table), series.series_instance_uid)
+    return hd.seg.SegmentationTypeValues.FRACTIONAL, pixel_array
+
+
+def _segment_descriptions(table: list[Label]) -> list[hd.seg.SegmentDescription]:
+    """One segment description per label, numbered 1..N, each naming this software as its algorithm."""
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=SEG_MANUFACTURER,
+        family=codes.DCM.ArtificialIntelligence,
+        version=__version__,
+    )
+    return [_segment_description(number, label, algorithm) for number, label in enumerate(table, start=1)]
 
 
 def _check_label_table(label_table: Sequence[Label]) -> list[Label]:

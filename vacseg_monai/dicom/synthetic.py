@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -214,9 +215,75 @@ def write_ct_series(
             does not fit the stored type, or a transfer syntax that cannot be encoded here.
     """
     image = np.asarray(image_hu)
+    position, spacing = _checked_geometry(image, orientation, pixel_spacing, slice_thickness)
+    if file_names not in ("uid", "random"):
+        raise ValueError(f"`file_names` must be 'uid' or 'random', got {file_names!r}.")
+    if float(rescale_slope) == 0:
+        raise ValueError("`rescale_slope` must not be 0.")
+    syntax = UID(transfer_syntax)
+    use_dcmcjpeg = _uses_dcmcjpeg(syntax)
+
+    rows, cols, n_slices = (int(s) for s in image.shape)
+    stored = _stored_values(image, float(rescale_intercept), float(rescale_slope), signed)
+    origin = _origin(first_position, position.iop, spacing, rows, cols)
+    affine = affine_lps(position.iop, spacing, float(slice_thickness), origin)
+    ipps = index_to_lps(affine, np.stack([np.zeros(n_slices), np.zeros(n_slices), np.arange(n_slices)], axis=1))
+
+    when = study_datetime or datetime.datetime.now()
+    patient_attrs = default_canine_patient()
+    patient_attrs.update(patient or {})
+    # A documented table: what every slice shares, from the arguments above.
+    header = _SeriesHeader(
+        date=when.strftime("%Y%m%d"),
+        time=when.strftime("%H%M%S"),
+        study_uid=study_instance_uid or generate_uid(prefix=root_uid),
+        series_uid=series_instance_uid or generate_uid(prefix=root_uid),
+        for_uid=frame_of_reference_uid or generate_uid(prefix=root_uid),
+        patient=patient_attrs,
+        position=position,
+        series_number=int(series_number),
+        series_description=series_description,
+        study_description=study_description,
+        body_part_examined=body_part_examined,
+        spacing=spacing,
+        slice_thickness=float(slice_thickness),
+        rows=rows,
+        cols=cols,
+        signed=signed,
+        rescale_intercept=float(rescale_intercept),
+        rescale_slope=float(rescale_slope),
+        pixel_padding_value=pixel_padding_value,
+        file_syntax=syntax if not use_dcmcjpeg else ExplicitVRLittleEndian,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths: list[Path] = []
+    for k in range(n_slices):
+        sop_uid = generate_uid(prefix=root_uid)
+        ds = _slice_dataset(header, k, ipps[k], sop_uid)
+        _set_pixel_data(ds, np.ascontiguousarray(stored[:, :, k]), syntax, use_dcmcjpeg)
+        name = f"CT.{sop_uid}.dcm" if file_names == "uid" else rng.bytes(8).hex()
+        path = out / name
+        ds.save_as(path, enforce_file_format=True)
+        if use_dcmcjpeg:
+            _dcmcjpeg(path, syntax)
+        paths.append(path)
+    logger.debug("Wrote %d CT slices (%s, %s) to %s", n_slices, position.value, syntax.name, out)
+    return paths
+
+
+def _checked_geometry(
+    image: np.ndarray, orientation: str | PatientPosition, pixel_spacing: Sequence[float], slice_thickness: float
+) -> tuple[PatientPosition, list[float]]:
+    """The patient position and the pixel spacing, once the image, orientation and spacings are valid.
+
+    Raises:
+        ValueError: naming the argument that is wrong and the value given.
+    """
     if image.ndim != 3 or min(image.shape) < 1:
         raise ValueError(f"`image_hu` must be 3D (rows, cols, n_slices), got shape {image.shape}.")
-    rows, cols, n_slices = (int(s) for s in image.shape)
     try:
         position = PatientPosition(str(getattr(orientation, "value", orientation)).upper())
     except ValueError:
@@ -230,11 +297,15 @@ def write_ct_series(
         raise ValueError(f"`pixel_spacing` must be two positive numbers (row, col) in mm, got {pixel_spacing!r}.")
     if not float(slice_thickness) > 0:
         raise ValueError(f"`slice_thickness` must be positive, got {slice_thickness!r}.")
-    if file_names not in ("uid", "random"):
-        raise ValueError(f"`file_names` must be 'uid' or 'random', got {file_names!r}.")
-    if float(rescale_slope) == 0:
-        raise ValueError("`rescale_slope` must not be 0.")
-    syntax = UID(transfer_syntax)
+    return position, spacing
+
+
+def _uses_dcmcjpeg(syntax: UID) -> bool:
+    """Whether ``syntax`` is encoded by DCMTK's ``dcmcjpeg`` (JPEG Lossless) rather than by pydicom.
+
+    Raises:
+        ValueError: if neither pydicom's plugins nor an installed ``dcmcjpeg`` can encode ``syntax``.
+    """
     use_dcmcjpeg = syntax in (JPEGLossless, JPEGLosslessSV1)
     if syntax not in _UNCOMPRESSED and not use_dcmcjpeg:
         try:
@@ -247,114 +318,120 @@ def write_ct_series(
             )
     if use_dcmcjpeg and shutil.which("dcmcjpeg") is None:
         raise ValueError(f"Transfer syntax {syntax.name} needs DCMTK's dcmcjpeg on PATH, which is not installed.")
+    return use_dcmcjpeg
 
-    stored = _stored_values(image, float(rescale_intercept), float(rescale_slope), signed)
-    iop = position.iop
-    origin = _origin(first_position, iop, spacing, rows, cols)
-    affine = affine_lps(iop, spacing, float(slice_thickness), origin)
-    ipps = index_to_lps(affine, np.stack([np.zeros(n_slices), np.zeros(n_slices), np.arange(n_slices)], axis=1))
 
-    when = study_datetime or datetime.datetime.now()
-    date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
-    study_uid = study_instance_uid or generate_uid(prefix=root_uid)
-    series_uid = series_instance_uid or generate_uid(prefix=root_uid)
-    for_uid = frame_of_reference_uid or generate_uid(prefix=root_uid)
-    patient_attrs = default_canine_patient()
-    patient_attrs.update(patient or {})
+@dataclass(frozen=True)
+class _SeriesHeader:
+    """What every slice of a written series shares."""
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths: list[Path] = []
-    for k in range(n_slices):
-        sop_uid = generate_uid(prefix=root_uid)
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.file_meta.TransferSyntaxUID = syntax if not use_dcmcjpeg else ExplicitVRLittleEndian
-        ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds.file_meta.ImplementationVersionName = "VACSEG_0_1"
+    date: str
+    time: str
+    study_uid: str
+    series_uid: str
+    for_uid: str
+    patient: Mapping[str, Any]
+    position: PatientPosition
+    series_number: int
+    series_description: str
+    study_description: str
+    body_part_examined: str
+    spacing: list[float]
+    slice_thickness: float
+    rows: int
+    cols: int
+    signed: bool
+    rescale_intercept: float
+    rescale_slope: float
+    pixel_padding_value: int | None
+    file_syntax: UID
 
-        # SOP Common
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.InstanceCreationDate = date
-        ds.InstanceCreationTime = time
-        # Patient, incl. the veterinary attributes
-        for keyword, value in patient_attrs.items():
-            setattr(ds, keyword, _sequence_value(value))
-        # General Study / Patient Study
-        ds.StudyInstanceUID = study_uid
-        ds.StudyDate = date
-        ds.StudyTime = time
-        ds.ReferringPhysicianName = ""
-        ds.StudyID = "1"
-        ds.AccessionNumber = ""
-        ds.StudyDescription = study_description
-        # General Series
-        ds.Modality = "CT"
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = int(series_number)
-        ds.SeriesDescription = series_description
-        ds.SeriesDate = date
-        ds.SeriesTime = time
-        ds.BodyPartExamined = body_part_examined
-        ds.PatientPosition = position.value
-        # Frame of Reference
-        ds.FrameOfReferenceUID = for_uid
-        ds.PositionReferenceIndicator = ""
-        # General Equipment
-        ds.Manufacturer = "vacseg_monai"
-        ds.ManufacturerModelName = "synthetic"
-        ds.SoftwareVersions = "0.1.0"
-        # General Image / General Acquisition
-        ds.InstanceNumber = k + 1
-        ds.ContentDate = date
-        ds.ContentTime = time
-        ds.AcquisitionDate = date
-        ds.AcquisitionTime = time
-        ds.AcquisitionNumber = 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        # Image Plane
-        ds.PixelSpacing = [_fmt_ds(v) for v in spacing]
-        ds.ImageOrientationPatient = [_fmt_ds(v) for v in iop]
-        ds.ImagePositionPatient = [_fmt_ds(v) for v in ipps[k]]
-        ds.SliceThickness = _fmt_ds(float(slice_thickness))
-        ds.SliceLocation = _fmt_ds(float(ipps[k][2]))
-        # CT Image / Image Pixel
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = rows
-        ds.Columns = cols
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1 if signed else 0
-        ds.RescaleIntercept = _fmt_ds(float(rescale_intercept))
-        ds.RescaleSlope = _fmt_ds(float(rescale_slope))
-        ds.RescaleType = "HU"
-        if pixel_padding_value is not None:
-            ds.PixelPaddingValue = int(pixel_padding_value)
-        ds.KVP = "120"
-        ds.WindowCenter = "40"
-        ds.WindowWidth = "400"
-        slice_pixels = np.ascontiguousarray(stored[:, :, k])
-        if syntax in _UNCOMPRESSED or use_dcmcjpeg:
-            ds.PixelData = slice_pixels.astype(slice_pixels.dtype.newbyteorder("<")).tobytes()
-        else:
-            ds.PixelData = slice_pixels.tobytes()
-            ds.compress(syntax, slice_pixels, generate_instance_uid=False)
 
-        name = f"CT.{sop_uid}.dcm" if file_names == "uid" else rng.bytes(8).hex()
-        path = out / name
-        ds.save_as(path, enforce_file_format=True)
-        if use_dcmcjpeg:
-            _dcmcjpeg(path, syntax)
-        paths.append(path)
-    logger.debug("Wrote %d CT slices (%s, %s) to %s", n_slices, position.value, syntax.name, out)
-    return paths
+def _slice_dataset(header: _SeriesHeader, k: int, ipp: np.ndarray, sop_uid: str) -> Dataset:
+    """Slice ``k``'s data set without its pixels: a documented table of the CT Image IOD's attributes."""
+    date, time = header.date, header.time
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = header.file_syntax
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta.ImplementationVersionName = "VACSEG_0_1"
+
+    # SOP Common
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.InstanceCreationDate = date
+    ds.InstanceCreationTime = time
+    # Patient, incl. the veterinary attributes
+    for keyword, value in header.patient.items():
+        setattr(ds, keyword, _sequence_value(value))
+    # General Study / Patient Study
+    ds.StudyInstanceUID = header.study_uid
+    ds.StudyDate = date
+    ds.StudyTime = time
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "1"
+    ds.AccessionNumber = ""
+    ds.StudyDescription = header.study_description
+    # General Series
+    ds.Modality = "CT"
+    ds.SeriesInstanceUID = header.series_uid
+    ds.SeriesNumber = header.series_number
+    ds.SeriesDescription = header.series_description
+    ds.SeriesDate = date
+    ds.SeriesTime = time
+    ds.BodyPartExamined = header.body_part_examined
+    ds.PatientPosition = header.position.value
+    # Frame of Reference
+    ds.FrameOfReferenceUID = header.for_uid
+    ds.PositionReferenceIndicator = ""
+    # General Equipment
+    ds.Manufacturer = "vacseg_monai"
+    ds.ManufacturerModelName = "synthetic"
+    ds.SoftwareVersions = "0.1.0"
+    # General Image / General Acquisition
+    ds.InstanceNumber = k + 1
+    ds.ContentDate = date
+    ds.ContentTime = time
+    ds.AcquisitionDate = date
+    ds.AcquisitionTime = time
+    ds.AcquisitionNumber = 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    # Image Plane
+    ds.PixelSpacing = [_fmt_ds(v) for v in header.spacing]
+    ds.ImageOrientationPatient = [_fmt_ds(v) for v in header.position.iop]
+    ds.ImagePositionPatient = [_fmt_ds(v) for v in ipp]
+    ds.SliceThickness = _fmt_ds(header.slice_thickness)
+    ds.SliceLocation = _fmt_ds(float(ipp[2]))
+    # CT Image / Image Pixel
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = header.rows
+    ds.Columns = header.cols
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1 if header.signed else 0
+    ds.RescaleIntercept = _fmt_ds(header.rescale_intercept)
+    ds.RescaleSlope = _fmt_ds(header.rescale_slope)
+    ds.RescaleType = "HU"
+    if header.pixel_padding_value is not None:
+        ds.PixelPaddingValue = int(header.pixel_padding_value)
+    ds.KVP = "120"
+    ds.WindowCenter = "40"
+    ds.WindowWidth = "400"
+    return ds
+
+
+def _set_pixel_data(ds: Dataset, slice_pixels: np.ndarray, syntax: UID, use_dcmcjpeg: bool) -> None:
+    """Set Pixel Data: little-endian bytes, or compressed to ``syntax`` by pydicom (``dcmcjpeg`` runs later)."""
+    if syntax in _UNCOMPRESSED or use_dcmcjpeg:
+        ds.PixelData = slice_pixels.astype(slice_pixels.dtype.newbyteorder("<")).tobytes()
+    else:
+        ds.PixelData = slice_pixels.tobytes()
+        ds.compress(syntax, slice_pixels, generate_instance_uid=False)
 
 
 def _dcmcjpeg(path: Path, syntax: UID) -> None:

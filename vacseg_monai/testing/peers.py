@@ -1,6 +1,7 @@
 """DICOM peers run as processes, for the tests and the benchmarks.
 
 - :func:`storescu` and :func:`echoscu` run DCMTK's SCUs against a port on 127.0.0.1;
+  :func:`storescu_send` and :func:`storescu_store_all` send and check the result;
 - :class:`StoreSCP` is DCMTK's ``storescp`` writing into a folder, :class:`PynetdicomSCP`
   pynetdicom's ``storescp --ignore``, :class:`NodeProcess` the node (``scripts/serve_scp.py``)
   in its own process group, so that its worker can be killed with it;
@@ -39,6 +40,7 @@ __all__ = [
     "free_port",
     "storescu",
     "storescu_send",
+    "storescu_store_all",
     "wait_until",
 ]
 
@@ -95,6 +97,7 @@ def storescu(
     aec: str = "VACSEG",
     timeout: float = 30,
     verbosity: str | None = "-v",
+    connect_timeout: float = 10,
 ) -> subprocess.CompletedProcess:
     """Send ``files`` with DCMTK ``storescu`` over one association to 127.0.0.1:``port``.
 
@@ -106,12 +109,13 @@ def storescu(
         timeout: seconds before the process is killed (default 30).
         verbosity: ``"-v"`` (one line per C-STORE response on stderr, the default), ``"-d"`` (debug) or
             None (quiet).
+        connect_timeout: storescu's ``-to``, seconds it waits for the connection (default 10).
 
     Returns:
         The completed process, its output captured as text.
     """
-    command = ["storescu", *([verbosity] if verbosity else []), "-aet", aet, "-aec", aec, "-to", "10", "127.0.0.1",
-               str(port), *map(str, files)]
+    command = ["storescu", *([verbosity] if verbosity else []), "-aet", aet, "-aec", aec,
+               "-to", f"{connect_timeout:g}", "127.0.0.1", str(port), *map(str, files)]
     return subprocess.run(command, env=dcmtk_env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -127,6 +131,30 @@ def storescu_send(files: Sequence[Path], port: int, aec: str, *, aet: str = "BEN
     if proc.returncode != 0:
         raise RuntimeError(f"storescu to port {port} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return elapsed
+
+
+def storescu_store_all(port: int, files: Sequence[Path], *, aet: str = "STORESCU", aec: str = "VACSEG",
+                       timeout: float = 300.0, connect_timeout: float = 10) -> None:
+    """Send ``files`` with :func:`storescu` (``-v``) and require a Success C-STORE response for each of them.
+
+    Args:
+        port: the peer's port.
+        files: the DICOM files, sent over one association.
+        aet: calling AE title (default "STORESCU").
+        aec: called AE title (default "VACSEG").
+        timeout: seconds before the process is killed (default 300).
+        connect_timeout: storescu's ``-to`` (default 10).
+
+    Raises:
+        RuntimeError: if ``storescu`` is missing or a store did not succeed (its output in the message).
+    """
+    if shutil.which("storescu") is None:
+        raise RuntimeError("DCMTK storescu is not installed (Debian: apt-get install dcmtk).")
+    done = storescu(port, files, aet=aet, aec=aec, timeout=timeout, verbosity="-v", connect_timeout=connect_timeout)
+    stored = done.stderr.count("Received Store Response (Success)")
+    if done.returncode != 0 or stored != len(files):
+        raise RuntimeError(f"storescu stored {stored} of {len(files)} files (exit {done.returncode}):\n"
+                           f"{done.stderr[-2000:]}")
 
 
 def echoscu(port: int, *, aet: str = "ECHOSCU", aec: str = "VACSEG", timeout: float = 20,
