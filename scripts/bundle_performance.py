@@ -33,9 +33,9 @@ from vacseg_monai.evaluation import (
     update_performance_section,
     write_csv,
 )
+from vacseg_monai.logs import add_verbosity_options, setup_script_logging
 from vacseg_monai.paths import default_bundle_root
 from vacseg_monai.phantom import DEFAULT_VERSION, VERSIONS, phantom_patient_id
-from vacseg_monai.logs import setup_logging
 
 __all__ = ["main"]
 
@@ -83,9 +83,7 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
     out = parser.add_argument_group("Output")
     out.add_argument("-od", "--out", type=Path, default=Path("performance"), help="output folder (default performance)")
     out.add_argument("--update-docs", action="store_true", help="rewrite the Performance section of <bundle>/docs/README.md")
-    verbosity = parser.add_argument_group("Logging").add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    add_verbosity_options(parser)
     ns = parser.parse_args(args)
 
     ns.bundle = Path(ns.bundle or default_bundle_root()).resolve()
@@ -145,8 +143,7 @@ def main(args: list[str] | None = None) -> int:
     """Run the evaluation; returns the exit status."""
     argv = list(sys.argv[1:] if args is None else args)
     ns = _setup_argparser(argv)
-    level = logging.WARNING if ns.quiet else logging.DEBUG if ns.verbose else logging.INFO
-    setup_logging(level, third_party=ns.verbose, fmt="%(levelname)s %(name)s: %(message)s")
+    setup_script_logging(ns)
     start = time.perf_counter()
     try:
         segmenter = PhantomSegmenter(ns.bundle, ns.ckpt, dict(ns.override))

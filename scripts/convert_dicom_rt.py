@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from vacseg_monai.dicom.exports import OutputFormat, convert_exports, name_map_from_args
-from vacseg_monai.logs import setup_logging
+from vacseg_monai.logs import add_verbosity_options, setup_script_logging
 
 __all__ = ["main"]
 
@@ -40,9 +40,7 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
     mapping.add_argument("--name-map", action="append", default=[], metavar="ROI=LABEL",
                          help="map an ROI name to a label number or name, or to 'none' to ignore it; a .json file "
                          "holding {\"ROI\": label} is read as a whole; may be repeated")
-    verbosity = parser.add_argument_group("Logging").add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bar")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    add_verbosity_options(parser, quiet_help="only warnings and errors, no progress bar")
     ns = parser.parse_args(args)
     if not ns.input.is_dir():
         parser.error(f"input folder {ns.input} does not exist")
@@ -56,8 +54,7 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
 def main(args: list[str] | None = None) -> int:
     """Run the conversion; returns 0 when at least one series was converted, 1 otherwise."""
     ns = _setup_argparser(args)
-    level = logging.WARNING if ns.quiet else logging.DEBUG if ns.verbose else logging.INFO
-    setup_logging(level, third_party=ns.verbose, fmt="%(levelname)s %(name)s: %(message)s")
+    setup_script_logging(ns)
     try:
         report = convert_exports(
             ns.input, ns.output_directory, fmt=ns.format, name_map=ns.name_map or None, overwrite=ns.overwrite,

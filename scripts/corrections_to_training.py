@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from vacseg_monai.dicom.exports import OutputFormat, name_map_from_args
-from vacseg_monai.logs import setup_logging
+from vacseg_monai.logs import add_verbosity_options, setup_script_logging
 from vacseg_monai.service.training_data import corrections_to_training
 
 __all__ = ["main"]
@@ -43,9 +43,7 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
     mapping.add_argument("--name-map", action="append", default=[], metavar="ROI=LABEL",
                          help="map an ROI name to a label number or name, or to 'none' to ignore it; a .json file "
                          "holding {\"ROI\": label} is read as a whole; may be repeated")
-    verbosity = parser.add_argument_group("Logging").add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    add_verbosity_options(parser)
     ns = parser.parse_args(args)
     if not (ns.node_dir / "jobs").is_dir():
         parser.error(f"{ns.node_dir} is not a node output directory (no jobs/ folder in it)")
@@ -59,8 +57,7 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
 def main(args: list[str] | None = None) -> int:
     """Write the training data; returns 0 when at least one patient was written, 1 when none, 2 on an error."""
     ns = _setup_argparser(args)
-    level = logging.WARNING if ns.quiet else logging.DEBUG if ns.verbose else logging.INFO
-    setup_logging(level, third_party=ns.verbose, fmt="%(levelname)s %(name)s: %(message)s")
+    setup_script_logging(ns)
     try:
         report = corrections_to_training(ns.node_dir, ns.data_dir, fmt=ns.format, name_map=ns.name_map or None,
                                          overwrite=ns.overwrite)

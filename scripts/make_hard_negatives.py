@@ -17,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+from vacseg_monai.logs import add_verbosity_options, setup_script_logging
 from vacseg_monai.public_data import HARD_NEGATIVE_SCANS, PublicDataError
 from vacseg_monai.realct import save_hard_negative_montage, write_hard_negative
 
@@ -41,9 +42,7 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
                      help="PNG with the middle slice of each patient and its Body (default <out>/hard_negatives.png)")
     out.add_argument("--cache", type=Path, default=None,
                      help="public data cache (default $VACSEG_DATA_CACHE or ~/.cache/vacseg_monai/public)")
-    verbosity = parser.add_argument_group("Logging").add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    add_verbosity_options(parser)
     ns = parser.parse_args(args)
     unknown = sorted(set(ns.scans) - set(HARD_NEGATIVE_SCANS))
     if unknown:
@@ -55,8 +54,7 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
 def main(args: list[str] | None = None) -> int:
     """Write the patients and the montage; returns the exit status (1 if a scan cannot be fetched or read)."""
     ns = _setup_argparser(args)
-    level = logging.WARNING if ns.quiet else logging.DEBUG if ns.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    setup_script_logging(ns)
     written = []
     for key in dict.fromkeys(ns.scans):
         try:

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from vacseg_monai.logs import add_verbosity_options, setup_script_logging
 from vacseg_monai.phantom import DEFAULT_VERSION, VERSIONS, generate_dataset
 
 __all__ = ["main"]
@@ -47,9 +48,7 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
         help=f"generator version: 1 the clean world of the first model, 2 varied devices, animals and scanners "
         f"(default {DEFAULT_VERSION})",
     )
-    verbosity = parser.add_argument_group("Logging").add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bar")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    add_verbosity_options(parser, quiet_help="only warnings and errors, no progress bar")
     ns = parser.parse_args(args)
     if ns.patients < 1:
         parser.error(f"--patients must be >= 1, got {ns.patients}")
@@ -63,8 +62,7 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
 def main(args: list[str] | None = None) -> int:
     """Run the generator; returns the exit status."""
     ns = _setup_argparser(args)
-    level = logging.WARNING if ns.quiet else logging.DEBUG if ns.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    setup_script_logging(ns)
     start = time.perf_counter()
     montage = ns.montage or ns.out / "montage.png"
     folders = generate_dataset(

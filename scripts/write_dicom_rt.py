@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vacseg_monai.dicom.labelmap import write_label_map_dicom
 from vacseg_monai.dicom.outputs import OutputKind, check_root_uid
-from vacseg_monai.logs import setup_logging
+from vacseg_monai.logs import add_verbosity_options, setup_script_logging
 
 __all__ = ["main"]
 
@@ -39,9 +39,7 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
     out.add_argument("--format", choices=[f.value for f in OutputKind if f is not OutputKind.NONE], default=OutputKind.RTSTRUCT.value,
                      help="rtstruct (default), seg or both")
     out.add_argument("--root-uid", default=None, help="UID root for the new objects (must end with '.')")
-    verbosity = parser.add_argument_group("Logging").add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    add_verbosity_options(parser)
     ns = parser.parse_args(args)
     if not ns.series.is_dir():
         parser.error(f"--series {ns.series} is not a folder")
@@ -58,8 +56,7 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
 def main(args: list[str] | None = None) -> int:
     """Write the objects; returns the exit status (0 on success, 2 on bad input)."""
     ns = _setup_argparser(args)
-    level = logging.WARNING if ns.quiet else logging.DEBUG if ns.verbose else logging.INFO
-    setup_logging(level, third_party=ns.verbose, fmt="%(levelname)s %(name)s: %(message)s")
+    setup_script_logging(ns)
     try:
         written = write_label_map_dicom(
             ns.series, ns.labels, ns.out, fmt=ns.format, root_uid=ns.root_uid, series_uid=ns.series_uid

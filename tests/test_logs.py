@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 
 import pytest
 
-from vacseg_monai.logs import THIRD_PARTY_LOGGERS, setup_logging
+from vacseg_monai.logs import THIRD_PARTY_LOGGERS, add_verbosity_options, setup_logging, setup_script_logging
 
 
 @pytest.fixture
@@ -33,3 +34,20 @@ def test_third_party_loggers_are_quiet_unless_asked_for(restore_levels, caplog):
     assert logging.getLogger("ignite").level == logging.ERROR  # never below the process's own level
     with pytest.raises(ValueError, match=r"Unknown logging level 'loud'"):
         setup_logging("loud")
+
+
+def test_script_flags_set_the_level_and_refuse_both(restore_levels, capsys):
+    parser = argparse.ArgumentParser()
+    add_verbosity_options(parser, quiet_help="only warnings and errors, no progress bar")
+    root_logger = logging.getLogger()
+    saved_handlers = root_logger.handlers[:]
+    for argv, root, third_party in (([], logging.INFO, logging.WARNING), (["-q"], logging.WARNING, logging.WARNING),
+                                    (["-v"], logging.DEBUG, logging.NOTSET)):
+        root_logger.handlers = []  # basicConfig only configures a root logger without handlers, as in a script
+        setup_script_logging(parser.parse_args(argv))
+        root_logger.handlers = saved_handlers
+        assert logging.getLogger().level == root, argv
+        assert {logging.getLogger(name).level for name in THIRD_PARTY_LOGGERS} == {third_party}, argv
+    with pytest.raises(SystemExit):
+        parser.parse_args(["-q", "-v"])
+    assert "not allowed with argument" in capsys.readouterr().err
