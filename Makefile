@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.13.0
-DEBIAN_TOOLS := dcmtk dicom3tools plastimatch
+DEBIAN_TOOLS := dcmtk dicom3tools plastimatch orthanc chromium
 PYTEST_ARGS ?=
 DEMO_DIR ?= demo_output
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -31,6 +31,8 @@ debian-tools:
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
 	command -v plastimatch >/dev/null || missing="$$missing plastimatch"; \
+	command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian tools:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
