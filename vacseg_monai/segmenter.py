@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 from monai.data import MetaTensor
 
 from vacseg_monai.dicom.outputs import OutputKind
+from vacseg_monai.dicom.profiles import OutputProfile, load_profile
 from vacseg_monai.inputs import InferenceInput
 from vacseg_monai.labels import LABELS
 from vacseg_monai.paths import default_bundle_root, model_version
@@ -113,6 +114,8 @@ class BundleSegmenter:
         self.resample_argmax = parser.get_parsed_content("resample_argmax")
         self.clean_up = parser.get_parsed_content("clean_up")
         self.root_uid = parser.get_parsed_content("writer#root_uid")
+        self.profile = load_profile(parser.get_parsed_content("writer#output_profile", default=None),
+                                    label_suffix=parser.get_parsed_content("writer#label_suffix", default=None))
         quality = parser.get_parsed_content("quality", default=None)
         self.quality_config = None if quality is None else QualityConfig.from_mapping(quality)
         self.model_version = model_version(self.bundle, weights)
@@ -201,6 +204,7 @@ class BundleSegmenter:
         nifti: bool = True,
         quality: QualityReport | None = None,
         flagged_suffix: str | None = None,
+        profile: str | os.PathLike[str] | OutputProfile | None = None,
     ) -> list[Path]:
         """Write the label map as the bundle's ``writer`` does (:func:`vacseg_monai.writers.write_inference_outputs`).
 
@@ -213,23 +217,25 @@ class BundleSegmenter:
             nifti: also write the NIfTI label map (default True).
             quality: the segmentation's quality: each RTSTRUCT ROI then carries its score as a note (default None).
             flagged_suffix: appended to the ROI / segment names of flagged structures (the node's
-                ``send-marked`` review policy; default None), within 64 characters.
+                ``send-marked`` review policy; default None), before the profile's suffix.
+            profile: the output profile (:mod:`vacseg_monai.dicom.profiles`; default None: the config's
+                ``output_profile`` with its ``label_suffix``).
 
         Returns:
             The written files.
 
         Raises:
-            ValueError: if the label map does not match the input or holds unknown values.
+            ValueError: if the label map does not match the input or holds unknown values, or a name gets too
+                long for the profile.
         """
         table = list(LABELS)
         notes = None
+        marks = None
         if quality is not None:
             notes = quality.roi_notes(table)
             if flagged_suffix:
-                table = [
-                    replace(label, name=label.name[: 64 - len(flagged_suffix)] + flagged_suffix)
-                    if label.name in quality.flagged else label
-                    for label in table
-                ]
+                marks = {label.value: flagged_suffix for label in table if label.name in quality.flagged}
         return write_inference_outputs(source, labels, output_dir, output, root_uid or self.root_uid, nifti=nifti,
-                                       label_table=table, roi_notes=notes, model_version=self.model_version)  # fmt: skip
+                                       label_table=table, roi_notes=notes, model_version=self.model_version,
+                                       profile=self.profile if profile is None else profile,
+                                       name_marks=marks)  # fmt: skip

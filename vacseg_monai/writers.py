@@ -32,6 +32,7 @@ from monai.transforms import MapTransform
 
 from vacseg_monai.datasets import MASK_DIR
 from vacseg_monai.dicom.outputs import DEFAULT_ROOT_UID, OutputKind, write_outputs
+from vacseg_monai.dicom.profiles import DEFAULT_PROFILE, OutputProfile, load_profile
 from vacseg_monai.inputs import InferenceInput, InputKind
 from vacseg_monai.labels import LABELS, Label, checked_label_map
 
@@ -91,6 +92,8 @@ def write_inference_outputs(
     label_table: Sequence[Label] = LABELS,
     roi_notes: Mapping[int, str] | None = None,
     model_version: str | None = None,
+    profile: str | os.PathLike[str] | OutputProfile | None = None,
+    name_marks: Mapping[int, str] | None = None,
 ) -> list[Path]:
     """Write every output for one label map ``(rows, cols, n)`` on ``source``'s grid; return the paths.
 
@@ -107,10 +110,13 @@ def write_inference_outputs(
         label_table: the label table (default :data:`vacseg_monai.labels.LABELS`).
         roi_notes: a short note per label value for the RTSTRUCT (default None).
         model_version: the model that made the label map, for the DICOM objects (default None).
+        profile: the output profile of the DICOM objects (:mod:`vacseg_monai.dicom.profiles`; default None:
+            ``generic``).
+        name_marks: label value -> text appended to its ROI name before the profile's suffix (default None).
 
     Raises:
-        ValueError: if the label map does not match the input or holds unknown values, or ``output``
-            is unknown.
+        ValueError: if the label map does not match the input or holds unknown values, ``output``
+            is unknown, or the profile makes a name too long.
     """
     output = OutputKind.coerce(output)
     labels = np.asarray(labels, dtype=np.uint8)
@@ -127,7 +133,8 @@ def write_inference_outputs(
             labels = np.ascontiguousarray(labels[::-1])
         written.extend(
             write_outputs(labels, source.series, output_dir, output, root_uid, label_table=label_table,
-                          roi_notes=roi_notes, model_version=model_version)  # fmt: skip
+                          roi_notes=roi_notes, model_version=model_version, profile=profile,
+                          name_marks=name_marks)  # fmt: skip
         )
     return written
 
@@ -148,10 +155,14 @@ class SaveInferenceOutputsd(MapTransform):
         label_table: the label table. Defaults to :data:`vacseg_monai.labels.LABELS`.
         model_version: the model that made the label maps (:func:`vacseg_monai.paths.model_version`), written
             into the DICOM objects. Defaults to None.
+        output_profile: the output profile of the DICOM objects: ``generic``, ``eclipse``, ``raystation`` or a
+            TOML file with a ``[profile]`` table (:mod:`vacseg_monai.dicom.profiles`). Defaults to ``generic``.
+        label_suffix: appended to every ROI name and segment label, e.g. ``" NOT FOR CLINICAL USE"``.
+            Defaults to None (the profile's suffix).
         allow_missing_keys: don't raise if a key is absent. Defaults to False.
 
     Raises:
-        ValueError: for a missing ``source`` or an unknown ``output``.
+        ValueError: for a missing ``source``, an unknown ``output``, or a bad profile or suffix.
     """
 
     def __init__(
@@ -163,6 +174,8 @@ class SaveInferenceOutputsd(MapTransform):
         root_uid: str = DEFAULT_ROOT_UID,
         label_table: Sequence[Label] = LABELS,
         model_version: str | None = None,
+        output_profile: str | os.PathLike[str] | OutputProfile | None = DEFAULT_PROFILE,
+        label_suffix: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -174,6 +187,7 @@ class SaveInferenceOutputsd(MapTransform):
         self.root_uid = str(root_uid)
         self.label_table = tuple(label_table)
         self.model_version = model_version
+        self.profile = load_profile(output_profile, label_suffix=label_suffix)
         if self.output is not OutputKind.NONE and source.kind is not InputKind.DICOM:
             logger.info(
                 "--output %s needs a DICOM series input; %s input %s gets label maps only.",
@@ -198,7 +212,7 @@ class SaveInferenceOutputsd(MapTransform):
             notes = None if quality is None else quality.roi_notes(self.label_table)
             written = write_inference_outputs(
                 self.source, array, self.output_dir, self.output, self.root_uid, label_table=self.label_table,
-                roi_notes=notes, model_version=self.model_version,
+                roi_notes=notes, model_version=self.model_version, profile=self.profile,
             )
             if quality is not None:
                 written.append(write_quality_json(quality, self.output_dir / f"{self.source.name}_quality.json"))

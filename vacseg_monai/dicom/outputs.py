@@ -31,10 +31,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from vacseg_monai import __version__
 from vacseg_monai.dicom.geometry import lps_to_ras
 from vacseg_monai.labels import LABELS, Label
 
 if TYPE_CHECKING:
+    from vacseg_monai.dicom.profiles import OutputProfile
     from vacseg_monai.dicom.series import CTSeries
 
 __all__ = [
@@ -327,10 +329,16 @@ def write_outputs(
     label_table: Sequence[Label] = LABELS,
     roi_notes: Mapping[int, str] | None = None,
     model_version: str | None = None,
+    profile: str | os.PathLike[str] | OutputProfile | None = None,
+    name_marks: Mapping[int, str] | None = None,
 ) -> list[Path]:
     """Write a label map on a CT series as the DICOM objects ``kind`` names, into ``out_dir``.
 
-    Files are named by :func:`output_file_name` and saved by :func:`save_atomic`.
+    Files are named by :func:`output_file_name` and saved by :func:`save_atomic`. The output
+    profile (:mod:`vacseg_monai.dicom.profiles`) gives the ROI names and segment labels (with its
+    suffix), the ROI types, the colours and the physical properties; a suffix is also said at the
+    front of the Series Description, in the Structure Set Label and Name and in the SEG's Content
+    Description.
 
     Args:
         labels: label map on the series' grid (see :func:`series_label_map`).
@@ -342,27 +350,63 @@ def write_outputs(
         roi_notes: a short note per label value for the RTSTRUCT (default None; see
             :func:`vacseg_monai.dicom.rtstruct.write_rtstruct`).
         model_version: the model that made the label map, written into Software Versions (default None).
+        profile: the output profile, a name, a TOML file or an :class:`~vacseg_monai.dicom.profiles.OutputProfile`
+            (default None: ``generic``, the label table as it is).
+        name_marks: label value -> text put between a name and the profile's suffix, e.g. ``" CHECK"`` for a
+            structure the quality score flagged (default None).
 
     Returns:
         The written files, RTSTRUCT first.
 
     Raises:
-        ValueError: for an unknown ``kind``, a bad ``root_uid`` or a label map that does not fit the series.
+        ValueError: for an unknown ``kind``, a bad ``root_uid``, a label map that does not fit the series, or a
+            profile that cannot be loaded or makes a name too long.
     """
     # The writers build on this module, and the SEG writer imports highdicom: both are imported when used.
-    from vacseg_monai.dicom.rtstruct import write_rtstruct
+    from vacseg_monai.dicom.profiles import load_profile
+    from vacseg_monai.dicom.rtstruct import DEFAULT_SERIES_DESCRIPTION, write_rtstruct
 
     kind = OutputKind.coerce(kind)
     check_root_uid(root_uid)
+    profile = load_profile(profile)
+    table = profile.apply(label_table, name_marks)
+    notice = profile.suffix.strip()
     out_dir = Path(out_dir)
     written: list[Path] = []
     if kind.rtstruct:
-        ds = write_rtstruct(labels, series, None, label_table=label_table, root_uid=root_uid, roi_notes=roi_notes,
-                            model_version=model_version)  # fmt: skip
+        properties = None
+        if any(profile.style(label).physical_property for label in label_table):
+            label_map = series_label_map(labels, series)
+            hu = _hu_volume(series) if any(profile.style(lb).measured for lb in label_table) else None
+            properties = profile.physical_properties(label_map, hu, label_table)
+        extra = {} if not notice else {
+            "series_description": _noticed(notice, DEFAULT_SERIES_DESCRIPTION),
+            "structure_set_label": notice[:16],
+            "structure_set_name": _noticed(notice, "VACSEG AUTO"),
+        }
+        ds = write_rtstruct(labels, series, None, label_table=table, root_uid=root_uid, roi_notes=roi_notes,
+                            model_version=model_version, physical_properties=properties, **extra)  # fmt: skip
         written.append(save_atomic(ds, out_dir / output_file_name(ds)))
     if kind.seg:
-        from vacseg_monai.dicom.seg import write_seg
+        from vacseg_monai.dicom.seg import DEFAULT_SEG_SERIES_DESCRIPTION, write_seg
 
-        seg = write_seg(labels, series, None, label_table=label_table, root_uid=root_uid, model_version=model_version)
+        extra = {} if not notice else {
+            "series_description": _noticed(notice, DEFAULT_SEG_SERIES_DESCRIPTION),
+            "content_description": _noticed(notice, f"vacseg_monai {__version__} automatic: "
+                                            + ", ".join(lb.name for lb in table)),
+        }
+        seg = write_seg(labels, series, None, label_table=table, root_uid=root_uid, model_version=model_version,
+                        **extra)  # fmt: skip
         written.append(save_atomic(seg, out_dir / output_file_name(seg)))
     return written
+
+
+def _hu_volume(series: CTSeries) -> np.ndarray:
+    """The series' CT in HU ``(rows, cols, n_slices)``, as numpy (the label map's grid)."""
+    volume = series.volume[0]
+    return volume.detach().cpu().numpy() if hasattr(volume, "detach") else np.asarray(volume)
+
+
+def _noticed(notice: str, text: str) -> str:
+    """``"<notice> - <text>"`` within the 64 characters of a LO: the notice first, so that it always shows."""
+    return f"{notice} - {text}"[:64]

@@ -49,6 +49,7 @@ from vacseg_monai.dicom.outputs import (
 from vacseg_monai.labels import LABELS, Label
 
 if TYPE_CHECKING:
+    from vacseg_monai.dicom.profiles import RoiPhysicalProperty
     from vacseg_monai.dicom.series import CTSeries
 
 __all__ = [
@@ -119,6 +120,8 @@ def write_rtstruct(
     now: datetime.datetime | None = None,
     roi_notes: Mapping[int, str] | None = None,
     model_version: str | None = None,
+    physical_properties: Mapping[int, RoiPhysicalProperty] | None = None,
+    structure_set_name: str | None = None,
 ) -> Dataset:
     """Write a label map in a CT series' geometry as an RT Structure Set.
 
@@ -152,6 +155,10 @@ def write_rtstruct(
             Description and appended to the ROI Generation Description within its 64 characters (default None).
         model_version: the model that drew the contours (:func:`vacseg_monai.paths.model_version`), a value of
             Software Versions (default None).
+        physical_properties: label value -> the ROI Physical Properties Sequence item of its observation
+            (:meth:`vacseg_monai.dicom.profiles.OutputProfile.physical_properties`); where the value came from
+            is added to the ROI Observation Description (default None: no physical properties).
+        structure_set_name: Structure Set Name, at most 64 characters (default None: not written).
 
     Returns:
         the RT Structure Set dataset (with ``file_meta``).
@@ -166,13 +173,18 @@ def write_rtstruct(
         raise ValueError(f"`simplify_tolerance_mm` must be None or >= 0, got {simplify_tolerance_mm}.")
     if len(structure_set_label) > 16:
         raise ValueError(f"`structure_set_label` must have at most 16 characters, got {structure_set_label!r}.")
+    if structure_set_name is not None and len(structure_set_name) > 64:
+        raise ValueError(f"`structure_set_name` must have at most 64 characters, got {structure_set_name!r}.")
     _warn_unknown_values(label_map, label_table)
 
     ds = _structure_set_header(
         series, now or datetime.datetime.now(), root_uid=root_uid, series_description=series_description,
         series_number=series_number, structure_set_label=structure_set_label, model_version=model_version,
     )
-    _add_rois(ds, label_map, series, label_table, simplify_tolerance_mm, dict(roi_notes or {}))
+    if structure_set_name:
+        ds.StructureSetName = structure_set_name
+    _add_rois(ds, label_map, series, label_table, simplify_tolerance_mm, dict(roi_notes or {}),
+              dict(physical_properties or {}))
     # Approval: automatic contours are never approved by this software.
     ds.ApprovalStatus = "UNAPPROVED"
     ds.file_meta = _file_meta(ds.SOPInstanceUID)
@@ -239,6 +251,7 @@ def _add_rois(
     label_table: Sequence[Label],
     simplify_tolerance_mm: float | None,
     notes: Mapping[int, str],
+    physical_properties: Mapping[int, RoiPhysicalProperty],
 ) -> None:
     """Add the referenced frame of reference, one ROI per label, its contours and its observation to ``ds``."""
     sop_class = UID(str(series.sop_class_uid))
@@ -261,7 +274,10 @@ def _add_rois(
     )
     # RT ROI Observations
     ds.RTROIObservationsSequence = DicomSequence(
-        [_observation(index + 1, label, notes.get(label.value)) for index, label in enumerate(label_table)]
+        [
+            _observation(index + 1, label, notes.get(label.value), physical_properties.get(label.value))
+            for index, label in enumerate(label_table)
+        ]
     )
 
 
@@ -320,15 +336,23 @@ def _structure_set_roi(label: Label, for_uid: str, note: str | None = None) -> D
     return item
 
 
-def _observation(number: int, label: Label, note: str | None = None) -> Dataset:
+def _observation(
+    number: int, label: Label, note: str | None = None, physical: RoiPhysicalProperty | None = None
+) -> Dataset:
     item = Dataset()
     item.ObservationNumber = number
     item.ReferencedROINumber = label.value
     item.ROIObservationLabel = label.name[:16]  # SH
-    if note:
-        item.ROIObservationDescription = note[:1024]  # ST
+    description = "; ".join(text for text in (note, physical.note() if physical else None) if text)
+    if description:
+        item.ROIObservationDescription = description[:1024]  # ST
     item.RTROIInterpretedType = label.rt_roi_type.value
     item.ROIInterpreter = ""
+    if physical is not None:
+        prop = Dataset()
+        prop.ROIPhysicalProperty = physical.property.value
+        prop.ROIPhysicalPropertyValue = f"{physical.value:.6g}"  # DS: at most 16 characters
+        item.ROIPhysicalPropertiesSequence = DicomSequence([prop])
     return item
 
 

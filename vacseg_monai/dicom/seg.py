@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from vacseg_monai.dicom.series import CTSeries
 
 __all__ = [
+    "DEFAULT_SEG_SERIES_DESCRIPTION",
     "SEG_MANUFACTURER",
     "write_seg",
 ]
@@ -58,7 +59,8 @@ logger = logging.getLogger(__name__)
 #: Manufacturer (0008,0070) and Manufacturer's Model Name of written objects.
 SEG_MANUFACTURER = "vacseg_monai"
 
-_DEFAULT_SERIES_DESCRIPTION = "vacseg_monai automatic segmentation - review before use"
+#: Series Description of a written SEG.
+DEFAULT_SEG_SERIES_DESCRIPTION = "vacseg_monai automatic segmentation - review before use"
 _DEFAULT_CONTENT_LABEL = "VACSEG"
 _DEFAULT_SERIES_NUMBER = 901
 
@@ -74,7 +76,7 @@ def write_seg(
     label_table: Sequence[Label] = LABELS,
     root_uid: str = DEFAULT_ROOT_UID,
     probabilities: Any | None = None,
-    series_description: str = _DEFAULT_SERIES_DESCRIPTION,
+    series_description: str = DEFAULT_SEG_SERIES_DESCRIPTION,
     series_number: int = _DEFAULT_SERIES_NUMBER,
     content_label: str = _DEFAULT_CONTENT_LABEL,
     content_description: str | None = None,

@@ -16,8 +16,10 @@ import logging
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from vacseg_monai.dicom.outputs import OutputKind, check_root_uid
+from vacseg_monai.dicom.profiles import DEFAULT_PROFILE, OutputProfile, load_profile, profile_from_mapping
 from vacseg_monai.paths import default_bundle_root
 
 __all__ = [
@@ -113,6 +115,12 @@ class NodeConfig:
             ``--approve``/``--reject``, or ``send-marked`` with the flagged ROI names suffixed.
         review_suffix: the suffix of ``send-marked`` (default ``" CHECK"``); names stay within 64 characters.
         log_level: logging level name for :func:`logging.basicConfig` (default INFO).
+        profile: the output profile: ``generic`` (default), ``eclipse``, ``raystation``, a TOML file with a
+            ``[profile]`` table, or that table itself (TOML ``[profile]``); an
+            :class:`~vacseg_monai.dicom.profiles.OutputProfile` once the config is built.
+        label_suffix: appended to every ROI name and segment label, e.g. ``" NOT FOR CLINICAL USE"``
+            (default None: the profile's suffix).
+        dry_run: compute and keep the results in the job folder, never send them (default False).
     """
 
     port: int = 11112
@@ -144,6 +152,9 @@ class NodeConfig:
     review_policy: ReviewPolicy = ReviewPolicy.SEND
     review_suffix: str = " CHECK"
     log_level: str = "INFO"
+    profile: Any = DEFAULT_PROFILE
+    label_suffix: str | None = None
+    dry_run: bool = False
 
     def __post_init__(self) -> None:
         self.port = _port(self.port, "port")
@@ -191,6 +202,18 @@ class NodeConfig:
             raise ValueError(f"`worker_nice` must be an integer in [0, 19], got {self.worker_nice}.")
         if not isinstance(self.processor, str) or ":" not in self.processor:
             raise ValueError(f"`processor` must look like 'package.module:factory', got {self.processor!r}.")
+        self._check_output_profile()
+
+    def _check_output_profile(self) -> None:
+        """Load the output profile (with the label suffix) and parse ``dry_run``."""
+        if self.label_suffix is not None and not isinstance(self.label_suffix, str):
+            raise ValueError(f"`label_suffix` must be a string, got {self.label_suffix!r}.")
+        if not isinstance(self.profile, OutputProfile) or self.label_suffix is not None:
+            try:
+                self.profile = load_profile(self.profile, label_suffix=self.label_suffix)
+            except ValueError as exc:
+                raise ValueError(f"`profile`: {exc}") from exc
+        self.dry_run = parse_bool(self.dry_run)
 
     @property
     def tls_enabled(self) -> bool:
@@ -303,6 +326,9 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
     out.add_argument("--export-timeout", dest="export_timeout", type=float, metavar="SEC", help="keep retrying an unreachable destination this long, then fail the job and keep its files (default 600)")
     out.add_argument("--export-retry-initial", dest="export_retry_initial", type=float, metavar="SEC", help="first delay between export attempts, doubled up to --export-retry-max (default 1)")
     out.add_argument("--export-retry-max", dest="export_retry_max", type=float, metavar="SEC", help="longest delay between export attempts (default 30)")
+    out.add_argument("--profile", metavar="NAME|FILE", help="output profile: ROI names, types, colours and physical properties for the planning system: generic (default), eclipse, raystation, or a TOML file with a [profile] table (docs/profiles.md)")
+    out.add_argument("--label-suffix", dest="label_suffix", metavar="TEXT", help="append TEXT to every ROI name and segment label, e.g. ' NOT FOR CLINICAL USE' while validating (default: the profile's suffix)")
+    out.add_argument("--dry-run", dest="dry_run", action="store_const", const=True, help="compute and keep the results in the job folder, but never send them (the job ends done, 'dry run: not sent')")
 
     proc = parser.add_argument_group("Processing")
     proc.add_argument("--bundle", type=Path, metavar="DIR", help="MONAI bundle used by the processor (default: the repository's bundles/vacbag_ct_segmentation, found from any folder)")
@@ -338,6 +364,10 @@ def _load_toml(path: Path) -> dict:
         name = key.replace("-", "_")
         if name not in known:
             raise ValueError(f"Config file {path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}.")
+        if name == "profile" and isinstance(value, str) and value.endswith(".toml") and not Path(value).is_absolute():
+            value = str(Path(path).parent / value)  # a profile file named in the config is found beside it
+        elif name == "profile" and isinstance(value, dict):
+            value = profile_from_mapping(value, f"config file {path} [profile]")
         result[aliases.get(name, name)] = value
     return result
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from vacseg_monai.dicom.outputs import OutputKind
+from vacseg_monai.dicom.profiles import OutputProfile, load_profile
 from vacseg_monai.dicom.series import DecodedSlice, decode_slice
 from vacseg_monai.inputs import InferenceInput, InputKind, load_input
 from vacseg_monai.qa import OverlayPanel, save_overlay_montage
@@ -119,6 +120,8 @@ class BundleProcessor:
         review_policy: the node's review policy; ``send-marked`` suffixes the ROI names of flagged structures
             (default ``send``).
         review_suffix: that suffix (default ``" CHECK"``).
+        profile: the output profile: a name, a TOML file or an :class:`~vacseg_monai.dicom.profiles.OutputProfile`
+            (the node's ``--profile`` with its ``--label-suffix``; default None: the bundle config's).
         **_: other worker arguments, ignored.
     """
 
@@ -134,6 +137,7 @@ class BundleProcessor:
         overrides: dict | None = None,
         review_policy: str = "send",
         review_suffix: str = " CHECK",
+        profile: str | os.PathLike[str] | OutputProfile | None = None,
         **_: object,
     ) -> None:
         self.output = OutputKind.coerce(getattr(output, "value", output))
@@ -143,6 +147,7 @@ class BundleProcessor:
         self.qa_picture = qa_picture
         self.mark_flagged = review_policy == "send-marked"
         self.review_suffix = review_suffix
+        self.profile = None if profile is None else load_profile(profile)
         self._pending_qa: tuple[Path, np.ndarray, np.ndarray, str, QualityReport | None] | None = None
         # Series folders still arriving -> what `prefetch` did with their files so far, oldest first.
         self._ahead: OrderedDict[Path, _Ahead] = OrderedDict()
@@ -234,6 +239,7 @@ class BundleProcessor:
         written = self.segmenter.write(
             source, result.labels, job_dir / "output", self.output, self.root_uid, nifti=False,
             quality=result.quality, flagged_suffix=self.review_suffix if self.mark_flagged else None,
+            profile=self.profile,
         )
         timings["write"] = time.perf_counter() - start
         _write_timings(job_dir, timings)

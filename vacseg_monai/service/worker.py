@@ -39,6 +39,7 @@ from vacseg_monai.service.config import NodeConfig, ReviewPolicy
 from vacseg_monai.service.jobs import PENDING_STATES, Job, JobState, JobStore
 
 __all__ = [
+    "DRY_RUN_REASON",
     "MAX_ATTEMPTS",
     "QUALITY_FILE",
     "Processor",
@@ -169,6 +170,19 @@ def _fail(store: JobStore, job: Job, reason: str) -> Job:
     return store.transition(job.job_id, JobState.FAILED, reason=reason)
 
 
+#: The reason recorded on a job that a dry run finished (``--status`` shows it).
+DRY_RUN_REASON = "dry run: not sent"
+
+
+def _keep_dry_run(store: JobStore, job_id: str, processor: Processor, config: NodeConfig, **fields) -> Job:
+    """Finish a job of a dry run: its results stay in its folder; nothing connects to the destination."""
+    job_dir = store.job_dir(job_id)
+    logger.info("Job %s: dry run, results kept in %s and not sent%s", job_id, job_dir,
+                f" to {config.destination}" if config.destination is not None else "")
+    _after_export(processor, job_dir)
+    return store.transition(job_id, JobState.DONE, reason=DRY_RUN_REASON, **fields)
+
+
 def process_job(
     store: JobStore,
     job_id: str,
@@ -211,11 +225,15 @@ def process_job(
         if flagged and config.review_policy is ReviewPolicy.HOLD:
             return store.transition(job_id, JobState.REVIEW, outputs=relative, quality=quality,
                                     reason=f"held for review: {', '.join(flagged)} flagged by the quality score")
+        if config.dry_run:
+            return _keep_dry_run(store, job_id, processor, config, outputs=relative, quality=quality)
         if config.destination is None:
             logger.info("Job %s: no destination configured, results kept in %s", job_id, job_dir)
             _after_export(processor, job_dir)
             return store.transition(job_id, JobState.DONE, outputs=relative, quality=quality)
         job = store.transition(job_id, JobState.EXPORTING, outputs=relative, quality=quality)
+    if job.state is JobState.EXPORTING and config.dry_run:  # approved after review, or resumed, in a dry run
+        return _keep_dry_run(store, job_id, processor, config)
     if job.state is JobState.EXPORTING and config.destination is None:  # approved after review, nowhere to send
         logger.info("Job %s: no destination configured, results kept in %s", job_id, job_dir)
         return store.transition(job_id, JobState.DONE)
@@ -291,12 +309,17 @@ def worker_main(config: NodeConfig, conn: multiprocessing.connection.Connection,
             root_uid=config.root_uid,
             review_policy=config.review_policy.value,
             review_suffix=config.review_suffix,
+            profile=config.profile,
             **config.processor_args,
         )
     except ProcessorError:
         logger.exception("Worker cannot start")
         raise
     logger.info("Worker ready with processor %s", config.processor)
+    profile = config.profile
+    logger.info("Output profile %s%s%s", getattr(profile, "name", profile),
+                f", every name ends with {profile.suffix!r}" if getattr(profile, "suffix", "") else "",
+                "; DRY RUN: results are kept in the job folders and never sent" if config.dry_run else "")
     if ready is not None:
         ready.set()
     receiving: list[str] = []  # jobs the SCP is still receiving, for `prefetch`
