@@ -126,10 +126,12 @@ class BandProcessor:
     """Contours by HU bands (Body -100..100, Vacbag -900..-600, Couch 200..500) and writes the project's RTSTRUCT.
 
     A stand-in for the network that gives known contours; the reading, the writing and the node are the real ones.
+    The node's output profile (``--profile``, ``--label-suffix``) names, types and colours the structures.
     """
 
-    def __init__(self, *, root_uid: str | None = None, **_: object) -> None:
+    def __init__(self, *, root_uid: str | None = None, profile: object = None, **_: object) -> None:
         self.root_uid = root_uid
+        self.profile = profile
 
     def __call__(self, series_dir: Path, job_dir: Path) -> list[Path]:
         from vacseg_monai.dicom.outputs import DEFAULT_ROOT_UID, write_outputs
@@ -141,7 +143,8 @@ class BandProcessor:
         labels[(hu > -100) & (hu < 100)] = 3
         labels[(hu > -900) & (hu < -600)] = 1
         labels[(hu > 200) & (hu < 500)] = 2
-        return write_outputs(labels, series, job_dir / "output", "rtstruct", self.root_uid or DEFAULT_ROOT_UID)
+        return write_outputs(labels, series, job_dir / "output", "rtstruct", self.root_uid or DEFAULT_ROOT_UID,
+                             profile=self.profile)
 
 
 def edited_structure_set(source: Path, out: Path, roi_name: str | None = None, scale: float = 1.0, *,

@@ -163,6 +163,11 @@ class OutputProfile:
         object.__setattr__(self, "source", self.source or f"profile {self.name!r}")
         _check_profile(self)
 
+    def __reduce__(self) -> tuple:
+        # Rebuilt through __init__ (the read-only structures view cannot be pickled): the node hands it to its worker.
+        return (type(self), (self.name, dict(self.structures), self.suffix, self.max_name_length, self.hu_to_density,
+                             self.description, self.source))
+
     def style(self, label: Label) -> StructureStyle:
         """The style of ``label``: the profile's, or the label table's own when the profile does not list it."""
         return self.structures.get(label.name) or _style_from_label(label)
