@@ -368,3 +368,26 @@ def test_dry_run_keeps_the_rtstruct_and_never_connects_to_the_destination(tmp_pa
         assert dice(ours == value, truth == value) == 1.0, name
     if shutil.which("dciodvfy"):
         _assert_clean(rtstruct)
+
+
+# --------------------------------------------------------------------------- corrections of profiled structure sets
+
+
+def test_corrections_of_a_suffixed_structure_set_are_read_with_the_profile_names(ct, tmp_path):
+    from vacseg_monai.edits import compare_structure_sets
+
+    series, _, labels = ct
+    profile = load_profile("raystation", label_suffix=NOTICE)
+    (node_file,) = write_outputs(labels, series, tmp_path / "node", "rtstruct", profile=profile)
+    corrected = dcmread(node_file)  # the planner renamed nothing and trimmed the Vacbag's first contour
+    first = corrected.ROIContourSequence[0]
+    first.ContourSequence = first.ContourSequence[1:]
+    corrected.save_as(tmp_path / "corrected.dcm")
+    with pytest.raises(ValueError, match="none of its ROIs .* matches a label"):
+        compare_structure_sets(node_file, tmp_path / "corrected.dcm", series)
+    names = profile.name_map(("", " CHECK"))
+    assert names["External" + NOTICE] == names["External CHECK" + NOTICE] == names["External"] == VALUE["Body"]
+    result = compare_structure_sets(node_file, tmp_path / "corrected.dcm", series, name_map=names)
+    dices = {roi.as_dict()["roi"]: roi.as_dict()["dice"] for roi in result.measure.rois}
+    assert dices["Couch"] == dices["Body"] == 1.0
+    assert 0.5 < dices["Vacbag"] < 1.0

@@ -390,6 +390,7 @@ def compare_structure_sets(
     label_table: Sequence[Label] = LABELS,
     surface_tolerance_mm: float = DEFAULT_SURFACE_TOLERANCE_MM,
     apl_tolerance_mm: float = DEFAULT_APL_TOLERANCE_MM,
+    name_map: Mapping[str, int | str | None] | None = None,
 ) -> StructureSetComparison:
     """Rasterise the node's and the corrected RT Structure Set on ``series`` and measure the edit.
 
@@ -403,6 +404,8 @@ def compare_structure_sets(
         label_table: the labels (default :data:`vacseg_monai.labels.LABELS`).
         surface_tolerance_mm: surface Dice tolerance (default 2 mm).
         apl_tolerance_mm: added path length tolerance (default 1 mm).
+        name_map: ROI names that are not the label table's (an output profile's,
+            :meth:`vacseg_monai.dicom.profiles.OutputProfile.name_map`) -> label (default None).
 
     Raises:
         ValueError: naming the file, when the correction holds no ROIContourSequence, none of its ROIs
@@ -415,8 +418,8 @@ def compare_structure_sets(
     ds = dcmread(corrected)
     if not ds.get("ROIContourSequence"):
         raise ValueError(f"{corrected}: the structure set has no ROIContourSequence (no contours to compare).")
-    node_contents = read_rtstruct_contents(node, series, label_table=label_table)
-    contents = read_rtstruct_contents(ds, series, label_table=label_table)
+    node_contents = read_rtstruct_contents(node, series, label_table=label_table, name_map=name_map)
+    contents = read_rtstruct_contents(ds, series, label_table=label_table, name_map=name_map)
     if not contents.roi_labels:
         raise ValueError(
             f"{corrected}: none of its ROIs {contents.skipped_rois} matches a label "

@@ -205,6 +205,21 @@ class OutputProfile:
             table.append(replace(label, name=name, color=style.color, rt_roi_type=style.rt_roi_type))
         return table
 
+    def name_map(self, marks: Sequence[str] = ("",), label_table: Sequence[Label] = LABELS) -> dict[str, int]:
+        """ROI name -> label value for every name this profile writes, with and without its suffix.
+
+        What :func:`vacseg_monai.dicom.rtstruct.read_rtstruct_contents` needs to read the node's own
+        structure sets (and their corrections) back when the names are not the label table's.
+
+        Args:
+            marks: the marks a name may carry before the suffix (default: none), e.g. ``("", " CHECK")``.
+            label_table: the project's labels (default :data:`~vacseg_monai.labels.LABELS`).
+        """
+        return {
+            self.style(label).name + mark + suffix: label.value
+            for label in label_table for mark in marks for suffix in dict.fromkeys((self.suffix, ""))
+        }
+
     def physical_properties(
         self, label_map: np.ndarray, hu: np.ndarray | None, label_table: Sequence[Label] = LABELS
     ) -> dict[int, RoiPhysicalProperty]:

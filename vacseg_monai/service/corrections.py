@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,7 +247,8 @@ def _node_rtstruct(store: JobStore, job: Job) -> Path:
     )
 
 
-def measure_correction(store: JobStore, job: Job, path: Path, *, picture: bool = True) -> dict:
+def measure_correction(store: JobStore, job: Job, path: Path, *, picture: bool = True,
+                       name_map: Mapping[str, int] | None = None) -> dict:
     """Compare one stored correction with the node's RTSTRUCT of ``job``; return its record entry.
 
     Never raises for a bad structure set: the entry then has ``status`` ``failed`` and the ``reason``.
@@ -257,6 +258,7 @@ def measure_correction(store: JobStore, job: Job, path: Path, *, picture: bool =
         job: the job corrected.
         path: the stored correction.
         picture: draw the most-edited slices beside the file (default True).
+        name_map: ROI names of the node's output profile -> label value (default None: the label table's names).
     """
     from vacseg_monai.dicom.series import read_series
     from vacseg_monai.edits import compare_structure_sets, save_edit_picture
@@ -272,7 +274,7 @@ def measure_correction(store: JobStore, job: Job, path: Path, *, picture: bool =
     try:
         node = _node_rtstruct(store, job)
         series = read_series(store.series_dir(job.job_id))
-        result = compare_structure_sets(node, path, series)
+        result = compare_structure_sets(node, path, series, name_map=name_map)
         entry.update(status="measured", rois=[roi.as_dict() for roi in result.measure.rois],
                      unmatched_rois=result.unmatched_rois)
         if picture:
@@ -297,7 +299,8 @@ def _record(store: JobStore, job_id: str, entry: dict) -> Job:
     return store.update(job_id, corrections=entries, correction=entries[-1]["file"])
 
 
-def measure_pending_corrections(store: JobStore, *, picture: bool = True) -> list[dict]:
+def measure_pending_corrections(store: JobStore, *, picture: bool = True,
+                                name_map: Mapping[str, int] | None = None) -> list[dict]:
     """Measure every stored correction that its job's record does not list yet (the worker calls it).
 
     Corrections of a job whose own result is not there yet wait for it.
@@ -305,6 +308,7 @@ def measure_pending_corrections(store: JobStore, *, picture: bool = True) -> lis
     Args:
         store: the job store.
         picture: draw the most-edited slices (default True).
+        name_map: ROI names of the node's output profile -> label value (default None: the label table's names).
 
     Returns:
         The entries recorded by this call.
@@ -324,7 +328,7 @@ def measure_pending_corrections(store: JobStore, *, picture: bool = True) -> lis
         if not pending or job.state in _WAITING_STATES:
             continue
         for path in pending:
-            entry = measure_correction(store, job, path, picture=picture)
+            entry = measure_correction(store, job, path, picture=picture, name_map=name_map)
             job = _record(store, job.job_id, entry)
             summary = ", ".join(
                 f"{r['roi']} Dice {r['dice']:.3f} APL {r['added_path_mm']:.0f} mm"

@@ -322,6 +322,8 @@ def worker_main(config: NodeConfig, conn: multiprocessing.connection.Connection,
                 "; DRY RUN: results are kept in the job folders and never sent" if config.dry_run else "")
     if ready is not None:
         ready.set()
+    # The ROI names the node writes (profile, review mark, suffix), so that corrections of them are read back.
+    names = profile.name_map(("", config.review_suffix)) if hasattr(profile, "name_map") else None
     receiving: list[str] = []  # jobs the SCP is still receiving, for `prefetch`
     corrections = True  # stored corrections may wait from a previous run
     while True:
@@ -333,7 +335,7 @@ def worker_main(config: NodeConfig, conn: multiprocessing.connection.Connection,
             corrections = True  # a correction that waited for this job's result can be measured now
         if corrections:
             corrections = False
-            _measure_corrections(store)
+            _measure_corrections(store, names)
         try:
             message = _next_message(conn, store, processor, receiving)
         except (EOFError, OSError):
@@ -346,11 +348,11 @@ def worker_main(config: NodeConfig, conn: multiprocessing.connection.Connection,
             corrections = True
 
 
-def _measure_corrections(store: JobStore) -> None:
+def _measure_corrections(store: JobStore, name_map: dict[str, int] | None) -> None:
     from vacseg_monai.service.corrections import measure_pending_corrections
 
     try:
-        measure_pending_corrections(store)
+        measure_pending_corrections(store, name_map=name_map)
     except Exception:  # noqa: BLE001 - a correction never stops the worker; its files stay for the next look
         logger.exception("Measuring the stored corrections failed")
 
