@@ -374,18 +374,15 @@ def write_outputs(
     out_dir = Path(out_dir)
     written: list[Path] = []
     if kind.rtstruct:
-        properties = None
-        if any(profile.style(label).physical_property for label in label_table):
-            label_map = series_label_map(labels, series)
-            hu = _hu_volume(series) if any(profile.style(lb).measured for lb in label_table) else None
-            properties = profile.physical_properties(label_map, hu, label_table)
         extra = {} if not notice else {
             "series_description": _noticed(notice, DEFAULT_SERIES_DESCRIPTION),
             "structure_set_label": notice[:16],
             "structure_set_name": _noticed(notice, "VACSEG AUTO"),
         }
         ds = write_rtstruct(labels, series, None, label_table=table, root_uid=root_uid, roi_notes=roi_notes,
-                            model_version=model_version, physical_properties=properties, **extra)  # fmt: skip
+                            model_version=model_version,
+                            physical_properties=_physical_properties(profile, labels, series, label_table),
+                            **extra)  # fmt: skip
         written.append(save_atomic(ds, out_dir / output_file_name(ds)))
     if kind.seg:
         from vacseg_monai.dicom.seg import DEFAULT_SEG_SERIES_DESCRIPTION, write_seg
@@ -401,10 +398,18 @@ def write_outputs(
     return written
 
 
-def _hu_volume(series: CTSeries) -> np.ndarray:
-    """The series' CT in HU ``(rows, cols, n_slices)``, as numpy (the label map's grid)."""
-    volume = series.volume[0]
-    return volume.detach().cpu().numpy() if hasattr(volume, "detach") else np.asarray(volume)
+def _physical_properties(
+    profile: OutputProfile, labels: Any, series: CTSeries, label_table: Sequence[Label]
+) -> dict | None:
+    """The profile's ROI physical properties, the measured ones on the series' CT in HU; None when it has none."""
+    styles = [profile.style(label) for label in label_table]
+    if not any(style.physical_property for style in styles):
+        return None
+    hu = None
+    if any(style.measured for style in styles):
+        volume = series.volume[0]  # (rows, cols, n_slices): the label map's grid
+        hu = volume.detach().cpu().numpy() if hasattr(volume, "detach") else np.asarray(volume)
+    return profile.physical_properties(series_label_map(labels, series), hu, label_table)
 
 
 def _noticed(notice: str, text: str) -> str:

@@ -174,13 +174,17 @@ def _fail(store: JobStore, job: Job, reason: str) -> Job:
 DRY_RUN_REASON = "dry run: not sent"
 
 
-def _keep_dry_run(store: JobStore, job_id: str, processor: Processor, config: NodeConfig, **fields) -> Job:
-    """Finish a job of a dry run: its results stay in its folder; nothing connects to the destination."""
+def _keep_results(store: JobStore, job_id: str, processor: Processor, config: NodeConfig, **fields) -> Job:
+    """Finish a job without sending it (a dry run, or no destination): its results stay in its folder."""
     job_dir = store.job_dir(job_id)
-    logger.info("Job %s: dry run, results kept in %s and not sent%s", job_id, job_dir,
-                f" to {config.destination}" if config.destination is not None else "")
+    if config.dry_run:
+        logger.info("Job %s: dry run, results kept in %s and not sent%s", job_id, job_dir,
+                    f" to {config.destination}" if config.destination is not None else "")
+        fields["reason"] = DRY_RUN_REASON
+    else:
+        logger.info("Job %s: no destination configured, results kept in %s", job_id, job_dir)
     _after_export(processor, job_dir)
-    return store.transition(job_id, JobState.DONE, reason=DRY_RUN_REASON, **fields)
+    return store.transition(job_id, JobState.DONE, **fields)
 
 
 def process_job(
@@ -225,18 +229,11 @@ def process_job(
         if flagged and config.review_policy is ReviewPolicy.HOLD:
             return store.transition(job_id, JobState.REVIEW, outputs=relative, quality=quality,
                                     reason=f"held for review: {', '.join(flagged)} flagged by the quality score")
-        if config.dry_run:
-            return _keep_dry_run(store, job_id, processor, config, outputs=relative, quality=quality)
-        if config.destination is None:
-            logger.info("Job %s: no destination configured, results kept in %s", job_id, job_dir)
-            _after_export(processor, job_dir)
-            return store.transition(job_id, JobState.DONE, outputs=relative, quality=quality)
+        if config.destination is None or config.dry_run:
+            return _keep_results(store, job_id, processor, config, outputs=relative, quality=quality)
         job = store.transition(job_id, JobState.EXPORTING, outputs=relative, quality=quality)
-    if job.state is JobState.EXPORTING and config.dry_run:  # approved after review, or resumed, in a dry run
-        return _keep_dry_run(store, job_id, processor, config)
-    if job.state is JobState.EXPORTING and config.destination is None:  # approved after review, nowhere to send
-        logger.info("Job %s: no destination configured, results kept in %s", job_id, job_dir)
-        return store.transition(job_id, JobState.DONE)
+    if job.state is JobState.EXPORTING and (config.destination is None or config.dry_run):  # approved, or resumed
+        return _keep_results(store, job_id, processor, config)
     if job.state is JobState.EXPORTING:
         files = [job_dir / p for p in job.outputs]
         if config.export_series:
