@@ -56,8 +56,8 @@ def test_orthanc_process_answers_stores_and_stops(tmp_path):
 
 DOCS = REPO / "docs" / "orthanc"
 ROUTING = DOCS / "vacseg_routing.lua"
-NODE_ARGS = ["--processor", "test_service_support:BandProcessor", "--min-free-mb", "0", "--export-retry-initial", "0.25",
-             "-v"]
+NODE_ARGS = ["--processor", "test_service_support:BandProcessor", "--min-free-mb", "0", "--export-retry-initial",
+             "0.25", "-v"]
 #: Keys of the shipped orthanc.json a test replaces: its ports, folders and scripts are the test's own.
 REPLACED = {"DicomAet", "DicomPort", "HttpPort", "StorageDirectory", "IndexDirectory", "LuaScripts", "DicomModalities"}
 WAIT_S = 120
