@@ -1,7 +1,7 @@
 """The node behind a real Orthanc (Debian's 1.10), on 127.0.0.1, with DCMTK storescu as the scanner.
 
 Orthanc runs with the shipped ``docs/orthanc/orthanc.json`` (hosts, ports and AE titles rewritten for
-loopback, ``StableAge`` 1 s) and the shipped ``docs/orthanc/vacseg_routing.lua``; the node runs as
+loopback, ``StableAge`` 2 s) and the shipped ``docs/orthanc/vacseg_routing.lua``; the node runs as
 ``scripts/serve_scp.py`` with :class:`test_service_support.BandProcessor`, which writes the project's
 RTSTRUCT from HU bands, so the round trip carries a real structure set without waiting for the model.
 """
@@ -32,10 +32,11 @@ from vacseg_monai.testing.peers import (
 pytestmark = [needs_dcmtk, pytest.mark.skipif(not orthanc_available(), reason="Orthanc not installed")]
 
 
-def test_orthanc_process_answers_stores_and_stops(tmp_path):
+def test_orthanc_process_answers_stores_forwards_and_stops(tmp_path):
     files = write_series(tmp_path / "ct", 3)
     first = dcmread(files[0])
-    with OrthancProcess(tmp_path / "orthanc", aet="PACS") as orthanc:
+    with StoreSCP(tmp_path / "dest", aet="DEST") as dest, \
+            OrthancProcess(tmp_path / "orthanc", aet="PACS", modalities={"dest": ("DEST", dest.port)}) as orthanc:
         echo = echoscu(orthanc.dicom_port, aec="PACS")
         assert "Received Echo Response (Success)" in echo.stderr, echo.stderr
         storescu_store_all(orthanc.dicom_port, files, aec="PACS")
@@ -46,13 +47,20 @@ def test_orthanc_process_answers_stores_and_stops(tmp_path):
         tags = rest.simplified_tags(series["Instances"][0])
         assert tags["StudyInstanceUID"] == str(first.StudyInstanceUID) and tags["Modality"] == "CT"
         assert len([p for p in (tmp_path / "orthanc" / "storage").rglob("*") if p.is_file()]) == 3
-        assert orthanc.config["SyncStorageArea"] is True and orthanc.config["RemoteAccessAllowed"] is False
+        config = json.loads(orthanc.config_path.read_text())
+        assert (config["SyncStorageArea"], config["RemoteAccessAllowed"]) == (True, False)
+        assert config["DicomModalities"] == {"dest": ["DEST", "127.0.0.1", dest.port]}
+        answer = rest.store("dest", [series["ID"]])
+        assert (answer["InstancesCount"], answer["FailedInstancesCount"]) == (3, 0), answer
+        assert sorted(dcmread(p).SOPInstanceUID for p in dest.files()) == sorted(dcmread(f).SOPInstanceUID
+                                                                                for f in files)
         with pytest.raises(OrthancError, match=r"^Orthanc GET /series/no-such-id failed with HTTP 404"):
             rest.series_info("no-such-id")
+        with pytest.raises(OrthancError, match=r"^Orthanc POST /modalities/nowhere/store failed with HTTP 404"):
+            rest.store("nowhere", [series["ID"]])
     assert orthanc.proc.poll() == 0
     assert not echo_ok(orthanc.dicom_port, "PACS")
     assert "Orthanc has stopped" in orthanc.log()
-
 
 DOCS = REPO / "docs" / "orthanc"
 ROUTING = DOCS / "vacseg_routing.lua"
@@ -74,14 +82,14 @@ def clinic_orthanc(folder: Path, peers: dict[str, tuple[str, int]], lua_scripts:
     """Orthanc with the shipped ``docs/orthanc/orthanc.json``, its hosts, ports and AE titles rewritten for loopback.
 
     ``peers`` maps each modality name to (AE title, port); a name the shipped file lacks (a second node) copies
-    its "vacseg" entry. ``StableAge`` becomes 1 s so that the Lua script fires soon.
+    its "vacseg" entry. ``StableAge`` becomes 2 s so that the Lua script fires soon.
     """
     shipped = json.loads((DOCS / "orthanc.json").read_text())
     entries = shipped["DicomModalities"]
     modalities = {name: {**entries.get(name, entries["vacseg"]), "AET": aet, "Host": "127.0.0.1", "Port": port}
                   for name, (aet, port) in peers.items()}
     settings = {key: value for key, value in shipped.items() if key not in REPLACED}
-    settings.update(DicomModalities=modalities, StableAge=1)
+    settings.update(DicomModalities=modalities, StableAge=2)
     return OrthancProcess(folder, aet=shipped["DicomAet"], lua_scripts=lua_scripts, settings=settings)
 
 

@@ -130,15 +130,6 @@ class OrthancRest:
         """``/instances/<id>/simplified-tags``: keyword → value, sequences as lists of dicts."""
         return self.get(f"/instances/{instance_id}/simplified-tags")
 
-    def file(self, instance_id: str) -> bytes:
-        """The stored DICOM file of an instance."""
-        request = urllib.request.Request(f"{self.base_url}/instances/{instance_id}/file")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
-                return answer.read()
-        except (urllib.error.URLError, OSError) as error:
-            raise OrthancError(f"Orthanc GET /instances/{instance_id}/file failed: {error}") from error
-
     def store(self, modality: str, resources: Sequence[str], *, timeout: float = 60) -> dict:
         """Send ``resources`` (Orthanc ids) to ``modality`` with C-STORE, synchronously; Orthanc's answer.
 
