@@ -62,6 +62,7 @@ def test_orthanc_process_answers_stores_forwards_and_stops(tmp_path):
     assert not echo_ok(orthanc.dicom_port, "PACS")
     assert "Orthanc has stopped" in orthanc.log()
 
+
 DOCS = REPO / "docs" / "orthanc"
 ROUTING = DOCS / "vacseg_routing.lua"
 NODE_ARGS = ["--processor", "test_service_support:BandProcessor", "--min-free-mb", "0", "--export-retry-initial",
@@ -168,6 +169,7 @@ def test_pacs_round_trip_through_the_rest_api(tmp_path, stack):
     assert len(orthanc.rest.instances()) == len(ct) + 1
 
 
+@pytest.mark.slow
 def test_pacs_round_trip_through_the_shipped_routing_script(tmp_path, stack):
     ct = write_banded_series(tmp_path / "ct")
     node_port = free_port()
