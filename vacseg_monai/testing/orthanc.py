@@ -158,7 +158,8 @@ class OrthancProcess(PeerProcess):
             (default True, Orthanc's own default).
         stable_age: ``StableAge``, seconds without a new instance before a series is stable and
             ``OnStableSeries`` fires (default 1; Orthanc's default is 60).
-        settings: more configuration keys, applied last (default none).
+        settings: more configuration keys, applied last (default none). :meth:`start` waits for a C-ECHO
+            from an unregistered AE title, so ``DicomAlwaysAllowEcho`` must stay true.
     """
 
     kind = "Orthanc"
