@@ -20,6 +20,7 @@ from typing import Any
 
 from vacseg_monai.dicom.outputs import OutputKind, check_root_uid
 from vacseg_monai.dicom.profiles import DEFAULT_PROFILE, OutputProfile, load_profile, profile_from_mapping
+from vacseg_monai.options import parse_bool
 from vacseg_monai.paths import default_bundle_root
 
 __all__ = [
@@ -229,25 +230,6 @@ def _port(value: object, name: str) -> int:
     if not 0 <= port <= 65535:
         raise ValueError(f"`{name}` must be in [0, 65535], got {port}.")
     return port
-
-
-def parse_bool(value: object) -> bool:
-    """Parse "True"/"False"/"yes"/"no"/"1"/"0" (any case) or a bool.
-
-    Args:
-        value: the value to parse.
-
-    Raises:
-        ValueError: for anything else.
-    """
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off"):
-        return False
-    raise ValueError(f"Expected a boolean such as True or False, got {value!r}.")
 
 
 def parse_destination(text: str) -> Destination:
