@@ -287,6 +287,11 @@ def test_node_options_and_config_file_profile(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_node_args(["--profile", "eclipse", "--label-suffix", NOTICE])
     assert "more than the 16 this profile allows" in capsys.readouterr().err
+    # The review mark of send-marked must fit as well: refused at start, not when a job is written.
+    with pytest.raises(SystemExit):
+        parse_node_args(["--profile", "eclipse", "--label-suffix", " NFCU", "--review-policy", "send-marked"])
+    assert "'Vacbag CHECK NFCU' of Vacbag has 17 characters, more than the 16" in capsys.readouterr().err
+    assert parse_node_args(["--profile", "eclipse", "--review-policy", "send-marked"])[0].profile.name == "eclipse"
 
 
 # --------------------------------------------------------------------------- the bundle

@@ -20,6 +20,7 @@ from typing import Any
 
 from vacseg_monai.dicom.outputs import OutputKind, check_root_uid
 from vacseg_monai.dicom.profiles import DEFAULT_PROFILE, OutputProfile, load_profile, profile_from_mapping
+from vacseg_monai.labels import LABELS
 from vacseg_monai.options import parse_bool
 from vacseg_monai.paths import default_bundle_root
 
@@ -214,6 +215,11 @@ class NodeConfig:
                 self.profile = load_profile(self.profile, label_suffix=self.label_suffix)
             except ValueError as exc:
                 raise ValueError(f"`profile`: {exc}") from exc
+        if self.review_policy is ReviewPolicy.SEND_MARKED:  # a marked name must fit too: say so now, not per job
+            try:
+                self.profile.apply(marks={label.value: self.review_suffix for label in LABELS})
+            except ValueError as exc:
+                raise ValueError(f"`review_suffix` {self.review_suffix!r} with `profile`: {exc}") from exc
         self.dry_run = parse_bool(self.dry_run)
 
     @property
