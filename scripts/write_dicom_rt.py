@@ -6,6 +6,7 @@ grid with nearest neighbour (a warning is logged when it covers the series only 
 
 Example:
     python scripts/write_dicom_rt.py --series ct/ --labels labels.nii.gz --out rt/ --format both
+    python scripts/write_dicom_rt.py --series ct/ --labels labels.nii.gz --out rt/ --profile eclipse
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from vacseg_monai.dicom.labelmap import write_label_map_dicom
 from vacseg_monai.dicom.outputs import OutputKind, check_root_uid
+from vacseg_monai.dicom.profiles import load_profile
 from vacseg_monai.logs import add_verbosity_options, setup_script_logging
 
 __all__ = ["main"]
@@ -39,6 +41,10 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
     out.add_argument("--format", choices=[f.value for f in OutputKind if f is not OutputKind.NONE], default=OutputKind.RTSTRUCT.value,
                      help="rtstruct (default), seg or both")
     out.add_argument("--root-uid", default=None, help="UID root for the new objects (must end with '.')")
+    out.add_argument("--profile", default=None, metavar="NAME|FILE",
+                     help="output profile: generic (default), eclipse, raystation or a TOML file (docs/profiles.md)")
+    out.add_argument("--label-suffix", dest="label_suffix", default=None, metavar="TEXT",
+                     help="append TEXT to every ROI name and segment label, e.g. ' NOT FOR CLINICAL USE'")
     add_verbosity_options(parser)
     ns = parser.parse_args(args)
     if not ns.series.is_dir():
@@ -50,6 +56,10 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
             check_root_uid(ns.root_uid)
         except ValueError as exc:
             parser.error(f"--root-uid: {exc}")
+    try:
+        ns.profile = load_profile(ns.profile, label_suffix=ns.label_suffix)
+    except ValueError as exc:
+        parser.error(f"--profile: {exc}")
     return ns
 
 
@@ -59,7 +69,8 @@ def main(args: list[str] | None = None) -> int:
     setup_script_logging(ns)
     try:
         written = write_label_map_dicom(
-            ns.series, ns.labels, ns.out, fmt=ns.format, root_uid=ns.root_uid, series_uid=ns.series_uid
+            ns.series, ns.labels, ns.out, fmt=ns.format, root_uid=ns.root_uid, series_uid=ns.series_uid,
+            profile=ns.profile,
         )
     except ValueError as exc:
         logger.error("%s", exc)

@@ -396,3 +396,25 @@ def test_corrections_of_a_suffixed_structure_set_are_read_with_the_profile_names
     dices = {roi.as_dict()["roi"]: roi.as_dict()["dice"] for roi in result.measure.rois}
     assert dices["Couch"] == dices["Body"] == 1.0
     assert 0.5 < dices["Vacbag"] < 1.0
+
+
+def test_write_dicom_rt_script_takes_a_profile_and_a_suffix(ct, tmp_path, capsys):
+    import importlib.util
+
+    import nibabel as nib
+
+    series, ct_dir, labels = ct
+    nii = tmp_path / "labels.nii.gz"
+    nib.save(nib.Nifti1Image(labels, series.affine_ras), str(nii))
+    spec = importlib.util.spec_from_file_location("write_dicom_rt", REPO / "scripts" / "write_dicom_rt.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "out"
+    assert script.main(["--series", str(ct_dir), "--labels", str(nii), "--out", str(out), "--profile", "eclipse",
+                        "--label-suffix", "_V", "-q"]) == 0
+    (rs_path,) = out.glob("RS.*.dcm")
+    assert [(name, kind) for _, name, kind, _ in _rois(dcmread(rs_path))] == [
+        ("Vacbag_V", "SUPPORT"), ("Couch_V", "SUPPORT"), ("BODY_V", "EXTERNAL")]
+    with pytest.raises(SystemExit):
+        script.main(["--series", str(ct_dir), "--labels", str(nii), "--out", str(out), "--profile", "monaco"])
+    assert "--profile: Unknown output profile 'monaco'" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vacseg_monai.dicom.outputs import DEFAULT_ROOT_UID, OutputKind, write_outputs
+from vacseg_monai.dicom.profiles import OutputProfile
 from vacseg_monai.dicom.series import read_series
 from vacseg_monai.labels import checked_label_map
 
@@ -116,6 +117,7 @@ def write_label_map_dicom(
     fmt: str | OutputKind = OutputKind.RTSTRUCT,
     root_uid: str | None = None,
     series_uid: str | None = None,
+    profile: str | Path | OutputProfile | None = None,
 ) -> list[Path]:
     """Write a NIfTI label map as an RT Structure Set and/or DICOM-SEG of a CT series.
 
@@ -132,6 +134,7 @@ def write_label_map_dicom(
         fmt: ``"rtstruct"`` (default), ``"seg"`` or ``"both"``.
         root_uid: UID root for the new objects (default: the writers' default root).
         series_uid: SeriesInstanceUID to read when ``series_dir`` holds several CT series.
+        profile: the output profile (:mod:`vacseg_monai.dicom.profiles`; default None: ``generic``).
 
     Returns:
         the written files.
@@ -155,6 +158,7 @@ def write_label_map_dicom(
             "NIfTI label map %s covers only %.1f %% of CT series %s; the voxels outside it are set to background.",
             labels_path, 100.0 * covered, series.series_instance_uid,
         )
-    written = write_outputs(resampled, series, out_dir, fmt, DEFAULT_ROOT_UID if root_uid is None else root_uid)
+    written = write_outputs(resampled, series, out_dir, fmt, DEFAULT_ROOT_UID if root_uid is None else root_uid,
+                            profile=profile)
     logger.info("Wrote %s for series %s: %s", fmt.value, series.series_instance_uid, [str(p) for p in written])
     return written
