@@ -206,6 +206,7 @@ def test_api_and_metrics_after_a_storescu_send(node):
     assert rows[done.job_id]["patient_name"] is None  # not without --http-show-names
     assert 0 < rows[done.job_id]["latency_s"] < 60
     assert rows[failed.job_id]["reason"] == failed.reason and rows[failed.job_id]["latency_s"] is None
+    assert rows[node["receiving"]]["n_instances"] == 1  # counted on disk while the series arrives
 
     detail = get_json(port, f"/api/jobs/{done.job_id}")
     assert [h["state"] for h in detail["history"]] == ["received", "queued", "inferring", "exporting", "done"]

@@ -201,6 +201,15 @@ class JobReader:
         except OSError:
             return None
 
+    def _count_received(self, job_id: str, record: dict) -> int:
+        """Instances stored so far in a job still receiving (its record counts them once complete)."""
+        if record.get("state") != JobState.RECEIVED.value:
+            return 0
+        try:
+            return sum(1 for entry in (self.jobs_dir / job_id / "series").iterdir() if entry.suffix == ".dcm")
+        except OSError:
+            return 0
+
     def summary(self, job_id: str, record: dict) -> dict:
         """The list row of one job: what the job list shows."""
         history = record.get("history") or []
@@ -219,7 +228,7 @@ class JobReader:
             "study_uid": record.get("study_uid"),
             "series_uid": record.get("series_uid"),
             "calling_aet": record.get("calling_aet"),
-            "n_instances": record.get("n_instances", 0),
+            "n_instances": record.get("n_instances") or self._count_received(job_id, record),
             "received": record.get("created"),
             "updated": record.get("updated"),
             "latency_s": round(finished - queued, 3) if queued is not None and finished is not None else None,

@@ -110,7 +110,7 @@ function jobRow(job) {
   return h("tr", { class: "job", "data-job": job.job_id, "data-state": job.state },
     h("td", { class: "flag", title }, flagged ? "⚑" : ""),
     h("td", {}, stateBadge(job.state)),
-    h("td", {}, h("a", { href: "/jobs/" + encodeURIComponent(job.job_id) }, fmtTime(job.received))),
+    h("td", { class: "time" }, h("a", { href: "/jobs/" + encodeURIComponent(job.job_id) }, fmtTime(job.received))),
     h("td", {}, patientCell(job)),
     h("td", { class: "num" }, job.n_instances),
     h("td", { class: "num" }, fmtSeconds(job.latency_s)),
