@@ -20,7 +20,13 @@ from benchmarks.common import REPO_ROOT, phantom_series, work_root
 from vacseg_monai.logs import add_verbosity_options, setup_script_logging
 from vacseg_monai.service.jobs import JobState, JobStore
 from vacseg_monai.testing.browser import chromium_screenshot
-from vacseg_monai.testing.peers import NodeProcess, StoreSCP, free_port, storescu_store_all, wait_until
+from vacseg_monai.testing.peers import (
+    NodeProcess,
+    StoreSCP,
+    free_port,
+    storescu_store_all,
+    wait_until,
+)
 
 __all__ = ["main", "make_screenshots"]
 

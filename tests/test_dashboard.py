@@ -19,13 +19,23 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from test_service_support import needs_dcmtk, node_process, write_series
-from vacseg_monai.service.config import NodeConfig, is_loopback, parse_node_args
+from vacseg_monai.service.config import (
+    Destination,
+    NodeConfig,
+    is_loopback,
+    parse_node_args,
+)
 from vacseg_monai.service.dashboard import DashboardError, DashboardServer
 from vacseg_monai.service.export import ExportError, export_with_retry
-from vacseg_monai.service.config import Destination
 from vacseg_monai.service.jobs import JobState, JobStore
 from vacseg_monai.testing.browser import chromium_available, chromium_dump_dom
-from vacseg_monai.testing.peers import StoreSCP, free_port, storescu, storescu_store_all, wait_until
+from vacseg_monai.testing.peers import (
+    StoreSCP,
+    free_port,
+    storescu,
+    storescu_store_all,
+    wait_until,
+)
 
 needs_chromium = pytest.mark.skipif(not chromium_available(), reason="chromium not installed")
 STAND_IN_QA = "vacseg_monai.testing.processors:StandInWithQAProcessor"
@@ -55,7 +65,7 @@ def get_json(port: int, path: str, **kwargs) -> dict:
 
 def metric(text: str, name: str) -> float:
     """The value of one sample line ``name`` (with its labels) of a Prometheus text exposition."""
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     assert match is not None, f"{name} not in the metrics"
     return float(match.group(1))
 

@@ -46,8 +46,9 @@ from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from vacseg_monai.service.config import NodeConfig, is_loopback
@@ -175,7 +176,7 @@ class JobReader:
         try:
             ds = dcmread(path, stop_before_pixels=True, specific_tags=[
                 "PatientID", "PatientName", "SeriesDescription", "Modality", "SoftwareVersions"])
-        except Exception:  # noqa: BLE001 - a file still being renamed in, or a bad one: show nothing
+        except Exception:
             logger.debug("Cannot read the header of %s", path, exc_info=True)
             return {}
         if kind == "output":
@@ -342,7 +343,7 @@ def _stage_observations(reader: JobReader, records: list[tuple[str, dict]]) -> t
     for job_id, record in records:
         history = record.get("history") or []
         spent: dict[str, float] = {}
-        for entry, following in zip(history, history[1:]):
+        for entry, following in pairwise(history):
             stage = _STAGE_OF_STATE.get(entry.get("state"))
             if stage is not None:
                 spent[stage] = spent.get(stage, 0.0) + max(following["time"] - entry["time"], 0.0)
@@ -420,13 +421,13 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(self.request, ssl.SSLSocket):  # the TLS handshake on this thread, not the accepting one
             self.request.do_handshake()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self._respond(head=False)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._respond(head=True)
 
     def _not_allowed(self) -> None:
@@ -457,7 +458,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _respond(self, *, head: bool) -> None:
         try:
             status, body, content_type = self._route()
-        except Exception:  # noqa: BLE001 - a request never takes the node down; the page shows the error
+        except Exception:
             logger.exception("Dashboard request %s failed", self.path)
             status, body, content_type = HTTPStatus.INTERNAL_SERVER_ERROR, b"internal error\n", "text/plain"
         extra = {"WWW-Authenticate": 'Bearer realm="vacseg"'} if status == HTTPStatus.UNAUTHORIZED else None
@@ -591,7 +592,7 @@ class DashboardServer:
         if self._thread is not None:
             self._thread.join(5)
 
-    def __enter__(self) -> DashboardServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
