@@ -69,6 +69,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_JOB_LIMIT = 200
 #: Seconds a connection may stay silent before the server drops it.
 REQUEST_TIMEOUT_S = 10.0
+#: Requests answered at once; more wait in the listen backlog (a flood cannot start threads without bound
+#: in the SCP's process).
+MAX_CONCURRENT_REQUESTS = 8
 #: Buckets (seconds) of the latency histogram: series complete -> results sent.
 LATENCY_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 #: Buckets (seconds) of the stage histograms.
@@ -160,9 +163,12 @@ class JobReader:
             return []
         names.sort()
         with self._lock:  # forget jobs deleted from disk
+            present = set(names)
             for cache in (self._records, self._timings):
-                for gone in set(cache) - set(names):
+                for gone in set(cache) - present:
                     del cache[gone]
+            for key in [key for key in self._headers if key[0] not in present]:
+                del self._headers[key]
         return names
 
     def _header(self, job_id: str, kind: str, path: Path | None) -> dict:
@@ -493,7 +499,26 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], dashboard: DashboardServer) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.dashboard = dashboard
+        self._slots = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
         super().__init__(address, _Handler)
+
+    def process_request(self, request, client_address) -> None:
+        self._slots.acquire()  # on the accepting thread: the next connection waits for a free slot
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def handle_error(self, request, client_address) -> None:
+        """A connection that failed (a TLS handshake, a client gone): a debug line, not a traceback on stderr."""
+        logger.debug("Dashboard connection from %s failed", client_address, exc_info=True)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 def _json(data: Any) -> tuple[HTTPStatus, bytes, str]:
