@@ -512,7 +512,7 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address) -> None:
         """A connection that failed (a TLS handshake, a client gone): a debug line, not a traceback on stderr."""
-        logger.debug("Dashboard connection from %s failed", client_address, exc_info=True)
+        logger.debug("Dashboard connection from %s failed", client_address, exc_info=True)  # noqa: LOG014 - in socketserver's except
 
     def process_request_thread(self, request, client_address) -> None:
         try:
