@@ -31,6 +31,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import time
@@ -50,6 +51,7 @@ __all__ = [
     "PENDING_STATES",
     "format_status",
     "fsync_file",
+    "is_valid_job_id",
     "move_atomic",
     "write_atomic",
 ]
@@ -62,6 +64,18 @@ RECORD_NAME = "job.json"
 
 #: Lock file of a job (see :meth:`JobStore.locked`); empty.
 LOCK_NAME = ".lock"
+
+#: What :meth:`JobStore.create` names a job: 20 digits of arrival time in ns, a dash, 6 hex digits.
+_JOB_ID_RE = re.compile(r"^[0-9]{20}-[0-9a-f]{6}$")
+
+
+def is_valid_job_id(job_id: object) -> bool:
+    """True if ``job_id`` is shaped like the ids :meth:`JobStore.create` makes (so it is one safe folder name).
+
+    Args:
+        job_id: the value to check, e.g. from a URL; anything but a ``str`` is invalid.
+    """
+    return isinstance(job_id, str) and _JOB_ID_RE.fullmatch(job_id) is not None
 
 
 class JobState(str, enum.Enum):
@@ -120,6 +134,8 @@ class Job:
         modalities: each Modality value the SCP stored in the series, with the file of the first instance that
             had it; None until the series is complete, and for a job recovered after a crash (the worker then
             reads the headers).
+        export: the last export of the results: ``{"destination", "attempts", "ok", "time", "error"}``
+            (None until the worker tried to send them).
     """
 
     job_id: str
@@ -139,6 +155,7 @@ class Job:
     corrections: list[dict] = field(default_factory=list)
     correction: str | None = None
     modalities: dict[str, str] | None = None
+    export: dict | None = None
 
     def to_dict(self) -> dict:
         """Return the JSON-serialisable record."""
