@@ -30,6 +30,7 @@ from benchmarks import (
     bench_quality,
     bench_receive,
     bench_rtstruct,
+    bench_soak,
     bench_training,
     real_ct_check,
 )
@@ -53,6 +54,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "rtstruct": ("benchmarks.bench_rtstruct", ["--repeats", "5"], ["--repeats", "1"]),
     "real_ct": ("benchmarks.real_ct_check", [], []),
     "quality": ("benchmarks.bench_quality", [], ["--phantoms", "1", "--max-slices", "32"]),
+    "soak": ("benchmarks.bench_soak", [], ["--series", "4", "--slices", "20", "--size", "128"]),
 }
 
 
@@ -63,6 +65,7 @@ REPORT_SECTIONS: tuple[tuple[str, ModuleType], ...] = (
     ("network", bench_network),
     ("postprocess", bench_postprocess),
     ("receive", bench_receive),
+    ("soak", bench_soak),
     ("training", bench_training),
     ("memory", bench_memory),
     ("gpu", bench_gpu),
