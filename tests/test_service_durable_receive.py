@@ -104,3 +104,23 @@ def test_kill_9_after_n_acknowledgements_keeps_exactly_those_instances(tmp_path)
         if assoc is not None and assoc.is_alive():
             assoc.abort()
         node.stop(15)
+
+
+def test_node_associations_poll_with_the_short_dul_delay(tmp_path):
+    """The node's side of each association looks for the next PDU every DUL_LOOP_DELAY_S, not pynetdicom's 1 ms."""
+    from vacseg_monai.service.config import NodeConfig
+    from vacseg_monai.service.scp import DUL_LOOP_DELAY_S, DicomNode
+
+    config = NodeConfig(port=0, output_directory=tmp_path / "node", min_free_mb=0, processor=STAND_IN,
+                        processor_args={"use_read_series": False})
+    with DicomNode(config) as node:
+        ae = AE(ae_title="DELAYTEST")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="VACSEG")
+        try:
+            assert assoc.is_established
+            served = wait_until(lambda: node._server.active_associations, 10, "the node's side of the association")
+            assert [a.dul._run_loop_delay for a in served] == [DUL_LOOP_DELAY_S]
+            assert assoc.dul._run_loop_delay == 0.001  # the sender's side keeps pynetdicom's default
+        finally:
+            assoc.release()
