@@ -15,6 +15,9 @@ Throughput is images / storescu wall time (process start to exit). Target:
 node >= 0.9 x pynetdicom ``--ignore``.
 
     .venv/bin/python -m benchmarks.bench_receive [--repeats 5] [--slices 100] [--out FILE]
+
+``--dashboard`` measures instead the node without and with its dashboard (``--http-port``, ``/api/jobs``
+fetched once a second throughout), in rotation: target <= 5 % fewer images/s with it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,9 +45,9 @@ from benchmarks.common import (
     verdict,
     work_root,
 )
-from vacseg_monai.testing.peers import PynetdicomSCP, StoreSCP, storescu_send, wait_until
+from vacseg_monai.testing.peers import PynetdicomSCP, StoreSCP, free_port, storescu_send, wait_until
 
-__all__ = ["main", "report_chart", "report_ideas", "report_section", "run"]
+__all__ = ["main", "report_chart", "report_ideas", "report_section", "run", "run_dashboard"]
 
 logger = logging.getLogger(__name__)
 
@@ -256,13 +260,92 @@ def report_ideas(result: dict[str, Any], machine: dict[str, Any]) -> list[str]:
     return ideas
 
 
+def _poll(url: str, stop: threading.Event, answers: list[int], period: float = 1.0) -> None:
+    """GET ``url`` every ``period`` seconds until ``stop``; append each HTTP status (0: no answer) to ``answers``."""
+    import urllib.error
+    import urllib.request
+
+    while not stop.wait(period):
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                response.read()
+                answers.append(response.status)
+        except urllib.error.HTTPError as exc:
+            answers.append(exc.code)
+        except OSError:
+            answers.append(0)
+
+
+def run_dashboard(repeats: int = 5, slices: int = 100, size: int = 512, warmup: int = 1) -> dict[str, Any]:
+    """The node (stand-in processor) without and with its dashboard (``--http-port``, ``/api/jobs`` polled once a
+    second throughout), sent the same series in rotation; target: <= 5 % fewer images/s with the dashboard."""
+    files = phantom_series(slices, size=size, seed=1000)
+    names = ("node", "node_dashboard")
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    answers: list[int] = []
+    stop = threading.Event()
+    with tempfile.TemporaryDirectory(dir=work_root()) as tmp:
+        folders = {name: Path(tmp) / name for name in names}
+        http_port = free_port()
+        peers = {"node": bench_node(folders["node"], "--processor", STAND_IN),
+                 "node_dashboard": bench_node(folders["node_dashboard"], "--processor", STAND_IN,
+                                              "--http-port", str(http_port))}
+        poller = threading.Thread(target=_poll, args=(f"http://127.0.0.1:{http_port}/api/jobs", stop, answers),
+                                  name="dashboard-poll", daemon=True)
+        try:
+            for peer in peers.values():
+                peer.start()
+            poller.start()
+            for i in range(warmup + repeats):
+                for name in names:
+                    elapsed = storescu_send(files, peers[name].port, peers[name].ae_title)
+                    wait_until(lambda: _jobs_finished(folders[name], i + 1), 180, "the node's job", 0.05)
+                    if i >= warmup:
+                        seconds[name].append(elapsed)
+        finally:
+            stop.set()
+            poller.join(15)
+            for peer in peers.values():
+                peer.stop()
+    rates = {name: stats([len(files) / s for s in values], 2) for name, values in seconds.items()}
+    slowdown = 1.0 - rates["node_dashboard"]["median"] / rates["node"]["median"]
+    return {
+        "benchmark": "receive_dashboard",
+        "series": {"slices": slices, "rows": size, "cols": size, "instances": len(files)},
+        "repeats": repeats,
+        "warmup": warmup,
+        "seconds": {name: stats(values) for name, values in seconds.items()},
+        "images_per_s": rates,
+        "dashboard_polls": {"requests": len(answers), "ok": answers.count(200)},
+        "slowdown": round(slowdown, 4),
+        "targets": {"slowdown_max": 0.05},
+        "met": {"slowdown": slowdown <= 0.05},
+        "machine": machine_info(),
+    }
+
+
+def summary_dashboard(result: dict[str, Any]) -> str:
+    """The human-readable lines of :func:`run_dashboard`."""
+    ips = result["images_per_s"]
+    rows = [[name, ips[name]["median"], result["seconds"][name]["median"], ips[name]["min"], ips[name]["max"]]
+            for name in ("node", "node_dashboard")]
+    text = table(rows, ["SCP", "images/s (median)", "seconds", "min images/s", "max images/s"])
+    polls = result["dashboard_polls"]
+    return (f"{text}\n/api/jobs polled {polls['requests']} times ({polls['ok']} answered 200)\n"
+            f"slowdown with the dashboard = {100 * result['slowdown']:.1f} % (target <= 5 %)")
+
+
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Command line; see the module docstring."""
     parser = bench_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=5, help="measured sends per SCP (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured first sends per SCP (default 1)")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="measure instead the node without and with its dashboard polled once a second")
     add_series_options(parser, slices_help="images in the series")
-    return run_cli(parser, args, lambda opts: run(opts.repeats, opts.slices, opts.size, opts.warmup), summary)
+    return run_cli(parser, args,
+                   lambda o: (run_dashboard if o.dashboard else run)(o.repeats, o.slices, o.size, o.warmup),
+                   lambda r: (summary_dashboard if r["benchmark"] == "receive_dashboard" else summary)(r))
 
 
 if __name__ == "__main__":

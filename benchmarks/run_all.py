@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from benchmarks import (
+    bench_edits,
     bench_gpu,
     bench_latency,
     bench_memory,
@@ -54,6 +55,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "rtstruct": ("benchmarks.bench_rtstruct", ["--repeats", "5"], ["--repeats", "1"]),
     "real_ct": ("benchmarks.real_ct_check", [], []),
     "quality": ("benchmarks.bench_quality", [], ["--phantoms", "1", "--max-slices", "32"]),
+    "edits": ("benchmarks.bench_edits", ["--repeats", "3"], ["--repeats", "1"]),
     "soak": ("benchmarks.bench_soak", [], ["--series", "4", "--slices", "20", "--size", "128"]),
 }
 
@@ -72,6 +74,7 @@ REPORT_SECTIONS: tuple[tuple[str, ModuleType], ...] = (
     ("rtstruct", bench_rtstruct),
     ("real_ct", real_ct_check),
     ("quality", bench_quality),
+    ("edits", bench_edits),
 )
 #: The charts: (result name, the module whose ``report_chart(result, docs)`` draws it into ``docs``).
 CHARTS: tuple[tuple[str, ModuleType], ...] = (
@@ -85,8 +88,8 @@ CHARTS: tuple[tuple[str, ModuleType], ...] = (
 def run_benchmark(name: str, quick: bool, results: Path, timeout: float = 1200.0, docs: Path = DOCS) -> dict[str, Any]:
     """Run one benchmark module as ``python -m``; return its JSON (also written to ``results/<name>.json``).
 
-    The real CT check writes its pictures and the quality benchmark its ROC plot into ``docs`` (default
-    ``docs/``), beside the report.
+    The real CT check writes its pictures, the quality benchmark its ROC plot and the edit benchmark its picture
+    into ``docs`` (default ``docs/``), beside the report.
 
     Raises:
         RuntimeError: if it fails or prints no JSON.
@@ -100,6 +103,8 @@ def run_benchmark(name: str, quick: bool, results: Path, timeout: float = 1200.0
         cmd += ["--pictures", str(docs)]
     if name == "quality":
         cmd += ["--plot", str(docs / "quality_roc.png")]
+    if name == "edits":
+        cmd += ["--picture", str(docs / "correction_example.png")]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
     elapsed = time.perf_counter() - start

@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from vacseg_monai.dicom.exports import OutputFormat, convert_exports, name_map_from_args
+from vacseg_monai.dicom.exports import add_conversion_options, convert_exports, parse_conversion_options
 from vacseg_monai.logs import add_verbosity_options, setup_script_logging
 
 __all__ = ["main"]
@@ -32,23 +32,12 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("input", type=Path, help="folder with the DICOM exports (searched recursively)")
     out = parser.add_argument_group("Output")
     out.add_argument("-od", "--output-directory", type=Path, required=True, help="training data folder to write")
-    out.add_argument("--format", choices=[f.value for f in OutputFormat], default=OutputFormat.NPY.value,
-                     help="npy (per-slice <patient>/img|mask/<i>.npy, default), nifti (<patient>/image.nii.gz + "
-                     "label.nii.gz) or both (<out>/npy/... and <out>/nifti/...)")
-    out.add_argument("--overwrite", action="store_true", help="replace patient folders that already exist")
-    mapping = parser.add_argument_group("ROI names")
-    mapping.add_argument("--name-map", action="append", default=[], metavar="ROI=LABEL",
-                         help="map an ROI name to a label number or name, or to 'none' to ignore it; a .json file "
-                         "holding {\"ROI\": label} is read as a whole; may be repeated")
+    add_conversion_options(parser, out)
     add_verbosity_options(parser, quiet_help="only warnings and errors, no progress bar")
     ns = parser.parse_args(args)
     if not ns.input.is_dir():
         parser.error(f"input folder {ns.input} does not exist")
-    try:
-        ns.name_map = name_map_from_args(ns.name_map)
-    except ValueError as exc:
-        parser.error(str(exc))
-    return ns
+    return parse_conversion_options(parser, ns)
 
 
 def main(args: list[str] | None = None) -> int:
@@ -57,7 +46,7 @@ def main(args: list[str] | None = None) -> int:
     setup_script_logging(ns)
     try:
         report = convert_exports(
-            ns.input, ns.output_directory, fmt=ns.format, name_map=ns.name_map or None, overwrite=ns.overwrite,
+            ns.input, ns.output_directory, fmt=ns.format, name_map=ns.name_map, overwrite=ns.overwrite,
             progress=not ns.quiet,
         )
     except (ValueError, FileExistsError) as exc:

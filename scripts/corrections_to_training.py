@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from vacseg_monai.dicom.exports import OutputFormat, name_map_from_args
+from vacseg_monai.dicom.exports import add_conversion_options, parse_conversion_options
 from vacseg_monai.logs import add_verbosity_options, setup_script_logging
 from vacseg_monai.service.training_data import corrections_to_training
 
@@ -35,23 +35,12 @@ def _setup_argparser(args: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("node_dir", type=Path, metavar="NODE_OUTPUT_DIR", help="the node's output directory (-od)")
     parser.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="training data folder to write")
-    out = parser.add_argument_group("Output")
-    out.add_argument("--format", choices=[f.value for f in OutputFormat], default=OutputFormat.NPY.value,
-                     help="npy (default), nifti or both, as for convert_dicom_rt.py")
-    out.add_argument("--overwrite", action="store_true", help="replace patient folders that already exist")
-    mapping = parser.add_argument_group("ROI names")
-    mapping.add_argument("--name-map", action="append", default=[], metavar="ROI=LABEL",
-                         help="map an ROI name to a label number or name, or to 'none' to ignore it; a .json file "
-                         "holding {\"ROI\": label} is read as a whole; may be repeated")
+    add_conversion_options(parser, format_help="npy (default), nifti or both, as for convert_dicom_rt.py")
     add_verbosity_options(parser)
     ns = parser.parse_args(args)
     if not (ns.node_dir / "jobs").is_dir():
         parser.error(f"{ns.node_dir} is not a node output directory (no jobs/ folder in it)")
-    try:
-        ns.name_map = name_map_from_args(ns.name_map)
-    except ValueError as exc:
-        parser.error(str(exc))
-    return ns
+    return parse_conversion_options(parser, ns)
 
 
 def main(args: list[str] | None = None) -> int:
@@ -59,7 +48,7 @@ def main(args: list[str] | None = None) -> int:
     ns = _setup_argparser(args)
     setup_script_logging(ns)
     try:
-        report = corrections_to_training(ns.node_dir, ns.data_dir, fmt=ns.format, name_map=ns.name_map or None,
+        report = corrections_to_training(ns.node_dir, ns.data_dir, fmt=ns.format, name_map=ns.name_map,
                                          overwrite=ns.overwrite)
     except (ValueError, FileExistsError) as exc:
         logger.error("%s", exc)

@@ -102,3 +102,20 @@ def test_gpu_benchmark_smoke_run_on_cpu_and_its_report_section(tmp_path):
     assert "## 6. GPU" in report and "smoke run" in report
     assert f"| 10 | bf16 | {rows[(10, 'bf16')]['slices_per_s']:.1f} |" in report
     assert "Not measured yet" in render_report({}, MACHINE, "python -m benchmarks.run_all")
+
+
+def test_report_has_the_edit_metrics_section():
+    """bench_edits is part of make bench: its result becomes a section with one row per ROI."""
+    from benchmarks.run_all import BENCHMARKS
+
+    assert BENCHMARKS["edits"][0] == "benchmarks.bench_edits"
+    roi = {"dice": 0.9799, "surface_dice": 0.7792, "hd95_mm": 2.73, "volume_change_cm3": 201.07,
+           "added_path_mm": 31832.9}
+    result = {"benchmark": "edits", "seed": 1000, "shape": [512, 512, 106], "margin_mm": 3.0,
+              "rois": [{"roi": "Vacbag", **roi}, {"roi": "Couch", "dice": 1.0, "surface_dice": 1.0, "hd95_mm": 0.0,
+                                                   "volume_change_cm3": 0.0, "added_path_mm": 0.0}],
+              "compare_s_median": 3.4, "compare_s": [4.1, 3.4, 3.2]}
+    report = render_report({"edits": result}, MACHINE, "cmd")
+    assert "## Edit metrics of a correction (bench_edits.py)" in report
+    assert "| Vacbag | 0.980 | 0.779 | 2.7 | +201 | 31833 |" in report
+    assert "took 3.40 s (median of 4.10, 3.40, 3.20 s)" in report

@@ -117,3 +117,58 @@ def test_surface_metrics_agree_with_monai_metrics():
     assert roi.hd95_mm == pytest.approx(float(compute_hausdorff_distance(p, t, include_background=True, percentile=95,
                                                                          spacing=spacing)[0, 0]))
     assert 0 < roi.surface_dice < 1 and roi.hd95_mm > 0
+
+
+def _boxes(shape=(40, 40, 6), vacbag_rows=(8, 20)) -> np.ndarray:
+    labels = np.zeros(shape, np.uint8)
+    labels[24:34, 4:36, 1:5] = 2  # Couch
+    labels[vacbag_rows[0]:vacbag_rows[1], 8:32, 1:5] = 1  # Vacbag
+    labels[12:18, 14:26, 1:5] = 3  # Body inside it: overlap-free label map
+    return labels
+
+
+def test_the_node_seg_compares_with_a_correction_as_its_rtstruct_does(tmp_path):
+    """A node run with --output seg: the correction (an RTSTRUCT) is measured against the node's SEG, with
+    the same metrics as against the node's RTSTRUCT of the same labels."""
+    from vacseg_monai.dicom.outputs import write_outputs
+    from vacseg_monai.dicom.rtstruct import write_rtstruct
+    from vacseg_monai.dicom.series import read_series
+    from vacseg_monai.dicom.seg import read_seg_masks
+    from vacseg_monai.dicom.synthetic import write_ct_series
+    from vacseg_monai.edits import compare_structure_sets
+
+    image = np.full((40, 40, 6), -1000, np.int16)
+    write_ct_series(image, tmp_path / "ct", pixel_spacing=(1.0, 1.0), slice_thickness=2.0)
+    series = read_series(tmp_path / "ct")
+    node_labels = _boxes()
+    outputs = write_outputs(node_labels, series, tmp_path / "node", kind="both")
+    seg = next(p for p in outputs if p.name.startswith("SEG"))
+    own = next(p for p in outputs if p.name.startswith("RS"))
+    masks = read_seg_masks(seg, series)
+    for value in (1, 2, 3):
+        assert np.array_equal(masks[value], node_labels == value), value
+    corrected = write_rtstruct(_boxes(vacbag_rows=(6, 20)), series, tmp_path / "corrected.dcm")
+    from_seg = compare_structure_sets(seg, tmp_path / "corrected.dcm", series)
+    from_rt = compare_structure_sets(own, tmp_path / "corrected.dcm", series)
+    assert corrected.Modality == "RTSTRUCT"
+    assert np.array_equal(from_seg.node_labels, node_labels)
+    seg_rois = {roi.roi: roi.as_dict() for roi in from_seg.measure.rois}
+    assert seg_rois == {roi.roi: roi.as_dict() for roi in from_rt.measure.rois}
+    assert seg_rois["Vacbag"]["dice"] < 1.0 and seg_rois["Vacbag"]["added_path_mm"] > 0
+    assert seg_rois["Couch"]["dice"] == 1.0 and seg_rois["Couch"]["added_path_mm"] == 0.0
+
+
+def test_a_seg_of_another_series_is_refused_by_name(tmp_path):
+    from vacseg_monai.dicom.outputs import write_outputs
+    from vacseg_monai.dicom.series import read_series
+    from vacseg_monai.dicom.seg import read_seg_masks
+    from vacseg_monai.dicom.synthetic import write_ct_series
+
+    image = np.full((40, 40, 6), -1000, np.int16)
+    write_ct_series(image, tmp_path / "a")
+    write_ct_series(image, tmp_path / "b")
+    first, other = read_series(tmp_path / "a"), read_series(tmp_path / "b")
+    seg = write_outputs(_boxes(), first, tmp_path / "out", kind="seg")[0]
+    with pytest.raises(ValueError, match=rf"{seg.name}: the segmentation references none of the instances of series "
+                                         rf"{other.series_instance_uid}"):
+        read_seg_masks(seg, other)

@@ -502,6 +502,9 @@ def test_label_map_validation_and_metatensor(make_series):
         ("VACBAG", "Vacbag"), ("Vac-Lok", "Vacbag"), ("couch", "Couch"), ("Couch Top", "Couch"),
         ("table", "Couch"), ("CouchInterior", "Couch"), ("External", "Body"), ("BODY", "Body"),
         ("skin", "Body"), ("Body (2)", "Body"), ("PTV", None), ("GTV_1", None), ("bladder", None),
+        # names the node marked (review mark, validation label) still match when sent back as corrections
+        ("Vacbag CHECK", "Vacbag"), ("Couch Top CHECK", "Couch"), ("Body NOT FOR CLINICAL USE", "Body"),
+        ("CHECK", None), ("PTV CHECK", None),
     ],
 )  # fmt: skip
 def test_name_normalisation(name, expected):

@@ -108,3 +108,29 @@ def test_format_status_shows_the_latest_correction(tmp_path):
     assert store.load(job.job_id).state is JobState.DONE
     with pytest.raises(JobStateError, match="cannot set field 'state'"):
         store.update(job.job_id, state="failed")
+
+
+def test_a_review_decision_waits_for_the_record_being_changed_and_loses_nothing(tmp_path):
+    """A held job: --approve (another party) and the worker's recording of a correction meet on one record."""
+    import threading
+
+    from vacseg_monai.service.review import decide
+
+    store = JobStore(tmp_path)
+    job = store.create(study_uid="1.2.3", series_uid="1.2.3.4")
+    for state in (JobState.QUEUED, JobState.INFERRING, JobState.REVIEW):
+        store.transition(job.job_id, state)
+    decided = []
+    with store.locked(job.job_id):
+        record = store.load(job.job_id)  # the worker has read the record ...
+        approver = threading.Thread(target=lambda: decided.append(decide(tmp_path, job.job_id, approve=True)))
+        approver.start()
+        approver.join(timeout=1.0)
+        assert approver.is_alive()  # the decision waits for the job's lock
+        record.corrections = [{"file": "corrections/x/1-2.dcm", "status": "measured"}]
+        store.save(record)  # ... and writes its change
+    approver.join(timeout=20)
+    assert not approver.is_alive() and decided[0].state is JobState.EXPORTING
+    final = store.load(job.job_id)
+    assert final.state is JobState.EXPORTING and final.corrections == record.corrections
+    assert [h["state"] for h in final.history] == ["received", "queued", "inferring", "review", "exporting"]

@@ -57,3 +57,4 @@ def test_a_running_node_is_woken_with_the_job_id(tmp_path):
     finally:
         listener.stop()
     assert not (tmp_path / CONTROL_SOCKET).exists()
+    assert not listener._thread.is_alive()  # stop() woke its accept(), rather than giving up on the join

@@ -109,8 +109,11 @@ def write_phantom_series(seed: int, out_dir: Path, *, size: int = 512, n_slices:
     return write_phantom_dicom(phantom, out_dir)
 
 
-def write_banded_series(out_dir: Path, n_slices: int = 6) -> list[Path]:
-    """A 64x64 CT series with three HU bands that :class:`BandProcessor` turns into Body, Vacbag and Couch."""
+def write_banded_series(out_dir: Path, n_slices: int = 6, *, series_uid: str | None = None) -> list[Path]:
+    """A 64x64 CT series with three HU bands that :class:`BandProcessor` turns into Body, Vacbag and Couch.
+
+    ``series_uid`` is its SeriesInstanceUID (default: a new one).
+    """
     from vacseg_monai.dicom.synthetic import write_ct_series
 
     image = np.full((64, 64, n_slices), -1000, np.int16)
@@ -118,7 +121,7 @@ def write_banded_series(out_dir: Path, n_slices: int = 6) -> list[Path]:
     image[40:46, 10:54, :] = -800  # Vacbag under it
     image[48:53, 4:60, :] = 350  # Couch
     return write_ct_series(image, out_dir, pixel_spacing=(1.0, 1.0), slice_thickness=2.5,
-                           study_instance_uid=generate_uid(), series_instance_uid=generate_uid(),
+                           study_instance_uid=generate_uid(), series_instance_uid=series_uid or generate_uid(),
                            series_description="Banded CT")
 
 

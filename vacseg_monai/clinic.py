@@ -29,7 +29,6 @@ import dataclasses
 import logging
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from scipy import ndimage
 
 from vacseg_monai.labels import BACKGROUND, label_by_name
 from vacseg_monai.phantom import Phantom, Tissue, generate_phantom
-from vacseg_monai.testing.peers import storescu_store_all
+from vacseg_monai.testing.peers import storescu_store_all, wait_until
 
 __all__ = [
     "CLINIC_PHANTOM_VERSION",
@@ -241,17 +240,6 @@ def _send(port: int, files: Sequence[Path]) -> None:
     storescu_store_all(port, files, aet=_CLINIC_AET, aec="VACSEG", timeout=300.0, connect_timeout=30)
 
 
-def _wait_for(condition, timeout: float, what: str, interval: float = 0.25):
-    """The value of ``condition()`` once truthy; the node's progress is observable only on disk."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Timed out after {timeout:.0f} s waiting for {what}.")
-        pause.wait(interval)
-    return value
-
-
 def _finished_job(store, series_uid: str):
     from vacseg_monai.service.jobs import JobState
 
@@ -300,17 +288,17 @@ def node_round(node_dir: str | Path, series: Sequence[ClinicSeries], *, ckpt_pat
         for item in series:
             start = time.perf_counter()
             _send(node.port, item.ct_files)
-            job = _wait_for(lambda uid=item.series_uid: _finished_job(node.store, uid), timeout_per_series,
-                            f"the node's result for {item.case.phantom.patient_id}")
+            job = wait_until(lambda uid=item.series_uid: _finished_job(node.store, uid), timeout_per_series,
+                             f"the node's result for {item.case.phantom.patient_id}", interval=0.25)
             if job.state.value != "done":
                 raise RuntimeError(f"Job {job.job_id} of {item.case.phantom.patient_id} ended {job.state.value}: "
                                    f"{job.reason}")
             seconds = time.perf_counter() - start
             own = dcmread(node.store.job_dir(job.job_id) / job.outputs[0], stop_before_pixels=True)
             _send(node.port, [item.correction])
-            job = _wait_for(lambda job_id=job.job_id: (j := node.store.load(job_id)).corrections and j,
-                            timeout_per_series,
-                            f"the measured correction of {item.case.phantom.patient_id}")
+            job = wait_until(lambda job_id=job.job_id: (j := node.store.load(job_id)).corrections and j,
+                             timeout_per_series, f"the measured correction of {item.case.phantom.patient_id}",
+                             interval=0.25)
             entry = job.corrections[-1]
             if entry["status"] != "measured":
                 raise RuntimeError(f"Correction of job {job.job_id} not measured: {entry['reason']}")

@@ -391,13 +391,13 @@ def compare_structure_sets(
     surface_tolerance_mm: float = DEFAULT_SURFACE_TOLERANCE_MM,
     apl_tolerance_mm: float = DEFAULT_APL_TOLERANCE_MM,
 ) -> StructureSetComparison:
-    """Rasterise the node's and the corrected RT Structure Set on ``series`` and measure the edit.
+    """Rasterise the node's result and the corrected RT Structure Set on ``series`` and measure the edit.
 
     ROIs are matched to labels by name with the label table's aliases
     (:func:`vacseg_monai.dicom.rtstruct.resolve_roi_label`).
 
     Args:
-        node: the node's RTSTRUCT file.
+        node: the node's RTSTRUCT file, or its DICOM-SEG (a node run with ``--output seg``).
         corrected: the corrected RTSTRUCT file.
         series: the :class:`~vacseg_monai.dicom.series.CTSeries` both refer to.
         label_table: the labels (default :data:`vacseg_monai.labels.LABELS`).
@@ -415,7 +415,7 @@ def compare_structure_sets(
     ds = dcmread(corrected)
     if not ds.get("ROIContourSequence"):
         raise ValueError(f"{corrected}: the structure set has no ROIContourSequence (no contours to compare).")
-    node_contents = read_rtstruct_contents(node, series, label_table=label_table)
+    node_masks, node_labels = _node_result(node, series, label_table)
     contents = read_rtstruct_contents(ds, series, label_table=label_table)
     if not contents.roi_labels:
         raise ValueError(
@@ -423,6 +423,26 @@ def compare_structure_sets(
             f"({', '.join(label.name for label in label_table)}) or one of their aliases."
         )
     spacing = (*series.pixel_spacing, series.slice_spacing)
-    measure = edit_metrics(node_contents.masks, contents.masks, spacing, label_table=label_table,
+    measure = edit_metrics(node_masks, contents.masks, spacing, label_table=label_table,
                            surface_tolerance_mm=surface_tolerance_mm, apl_tolerance_mm=apl_tolerance_mm)
-    return StructureSetComparison(measure, node_contents.labels, contents.labels, list(contents.skipped_rois))
+    return StructureSetComparison(measure, node_labels, contents.labels, list(contents.skipped_rois))
+
+
+def _node_result(node: str | Path, series, label_table: Sequence[Label]) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """The node's masks per label and its label map, from its RT Structure Set or its DICOM-SEG.
+
+    In the label map the lowest label number wins where masks overlap, as in an RT Structure Set read back.
+    """
+    from pydicom import dcmread
+
+    from vacseg_monai.dicom.rtstruct import read_rtstruct_contents
+    from vacseg_monai.dicom.seg import read_seg_masks
+
+    if dcmread(node, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality") != "SEG":
+        contents = read_rtstruct_contents(node, series, label_table=label_table)
+        return contents.masks, contents.labels
+    masks = read_seg_masks(node, series, label_table=label_table)
+    labels = np.zeros(next(iter(masks.values())).shape, np.uint8)
+    for value in sorted(masks, reverse=True):
+        labels[masks[value]] = value
+    return masks, labels

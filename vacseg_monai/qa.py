@@ -164,8 +164,12 @@ def save_overlay_montage(
         _draw_panel(fig.add_subplot(n_rows, n_cols, i + 1), panel, window, alpha)
     handles = _legend_handles(has_fill, has_contours, labels_name, contours_name)
     level, width = window
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False,
-               title=f"window L {level:g} / W {width:g} HU", title_fontsize=8)
+    window_text = f"window L {level:g} / W {width:g} HU"
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False,
+                   title=window_text, title_fontsize=8)
+    else:  # no panel carries labels: the CT alone, with its window
+        fig.text(0.5, 0.02, f"{window_text}; no labels", ha="center", va="bottom", fontsize=8)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout(rect=(0, legend_h / fig.get_figheight(), 1, 1))

@@ -39,6 +39,7 @@ set(s) drawn on it, by the same steps; the node's corrections come in through it
 
 from __future__ import annotations
 
+import argparse
 import csv
 import enum
 import io
@@ -72,9 +73,11 @@ __all__ = [
     "ConversionReport",
     "OutputFormat",
     "SkipReason",
+    "add_conversion_options",
     "convert_exports",
     "convert_series_files",
     "name_map_from_args",
+    "parse_conversion_options",
     "parse_name_map",
     "patient_folder_name",
 ]
@@ -331,6 +334,38 @@ def name_map_from_args(items: Iterable[str]) -> dict[str, int | None]:
         mapping.update(parse_name_map(json_file=path))
     mapping.update(parse_name_map(pairs))
     return mapping
+
+
+def add_conversion_options(parser: argparse.ArgumentParser, output_group: Any = None, *,
+                           format_help: str | None = None) -> None:
+    """The options every writer of training data from DICOM shares: ``--format``, ``--overwrite``, ``--name-map``.
+
+    Args:
+        parser: the script's parser.
+        output_group: the argument group to add ``--format`` and ``--overwrite`` to (default: a new "Output" group).
+        format_help: help of ``--format`` (default: the layouts written).
+    """
+    out = output_group if output_group is not None else parser.add_argument_group("Output")
+    out.add_argument("--format", choices=[f.value for f in OutputFormat], default=OutputFormat.NPY.value,
+                     help=format_help or "npy (per-slice <patient>/img|mask/<i>.npy, default), nifti "
+                     "(<patient>/image.nii.gz + label.nii.gz) or both (<out>/npy/... and <out>/nifti/...)")
+    out.add_argument("--overwrite", action="store_true", help="replace patient folders that already exist")
+    parser.add_argument_group("ROI names").add_argument(
+        "--name-map", action="append", default=[], metavar="ROI=LABEL",
+        help="map an ROI name to a label number or name, or to 'none' to ignore it; a .json file holding "
+        "{\"ROI\": label} is read as a whole; may be repeated")
+
+
+def parse_conversion_options(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> argparse.Namespace:
+    """Turn ``ns.name_map`` (the repeated ``--name-map`` values) into the name map, or None when none was given.
+
+    A bad pair or file ends the script through ``parser.error`` with the reason.
+    """
+    try:
+        ns.name_map = name_map_from_args(ns.name_map) or None
+    except ValueError as exc:
+        parser.error(str(exc))
+    return ns
 
 
 # --------------------------------------------------------------------------- scanning

@@ -163,6 +163,7 @@ def write_phantom_dicom(
         ValueError: if the phantom's image and labels differ in shape, the orientation is
             unknown, or ``root_uid`` is not a UID root.
     """
+    from vacseg_monai.dicom.outputs import save_atomic
     from vacseg_monai.dicom.rtstruct import write_rtstruct
     from vacseg_monai.dicom.series import read_series
 
@@ -201,7 +202,7 @@ def write_phantom_dicom(
         structure_set_label="PHANTOM TRUTH",
     )
     rtstruct_path = patient_dir / f"RS.{rtstruct.SOPInstanceUID}.dcm"
-    rtstruct.save_as(rtstruct_path, enforce_file_format=True)
+    save_atomic(rtstruct, rtstruct_path)
     logger.info(
         "Wrote phantom %s (%d slices, %s) as DICOM to %s", phantom.patient_id, phantom.n_slices, position.value,
         patient_dir,

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_ROI_ALIASES",
     "DEFAULT_SERIES_DESCRIPTION",
+    "ROI_NAME_MARKERS",
     "RTSTRUCT_SOP_CLASS_UID",
     "RTStructContents",
     "normalize_roi_name",
@@ -71,6 +72,10 @@ RTSTRUCT_SOP_CLASS_UID = UID("1.2.840.10008.5.1.4.1.1.481.3")
 _STUDY_SOP_CLASS_UID = UID("1.2.840.10008.3.1.2.3.1")
 DEFAULT_SERIES_DESCRIPTION = "vacseg_monai automatic structures (not reviewed)"
 _CONTOUR_DATA_TAG = Tag(0x3006, 0x0050)
+
+#: Suffixes the node appends to ROI names (the review mark of ``--review-policy send-marked``, a validation
+#: label): a structure set sent back with them still matches its labels.
+ROI_NAME_MARKERS: tuple[str, ...] = (" CHECK", " NOT FOR CLINICAL USE")
 
 #: Normalised ROI names (see :func:`normalize_roi_name`) recognised for each label name.
 DEFAULT_ROI_ALIASES: Mapping[str, tuple[str, ...]] = {
@@ -422,8 +427,9 @@ def resolve_roi_label(
 
     Lookup order: ``name_map`` by exact name, then ``name_map`` by normalised name,
     then the label table's own names, then :data:`DEFAULT_ROI_ALIASES` (all compared
-    after :func:`normalize_roi_name`). A ``name_map`` value may be a label number, a
-    label name, or ``None``/``0`` to skip that ROI on purpose.
+    after :func:`normalize_roi_name`), each also with a trailing :data:`ROI_NAME_MARKERS`
+    suffix removed (``"Vacbag CHECK"`` is the Vacbag). A ``name_map`` value may be a label
+    number, a label name, or ``None``/``0`` to skip that ROI on purpose.
 
     Args:
         roi_name: the ROIName as written in the structure set.
@@ -452,6 +458,18 @@ def resolve_roi_label(
                         f"name_map maps {roi_name!r} to label {target}, which is not in the label table {sorted(values)}."
                     )
                 return int(target)
+    found = _label_of_key(key, by_name)
+    if found is None:
+        for marker in map(normalize_roi_name, ROI_NAME_MARKERS):
+            if key.endswith(marker) and len(key) > len(marker):
+                found = _label_of_key(key.removesuffix(marker), by_name)
+                if found is not None:
+                    break
+    return found
+
+
+def _label_of_key(key: str, by_name: Mapping[str, int]) -> int | None:
+    """The label of a normalised ROI name: a label's own name, then :data:`DEFAULT_ROI_ALIASES`."""
     if key in by_name:
         return by_name[key]
     for label_name, aliases in DEFAULT_ROI_ALIASES.items():

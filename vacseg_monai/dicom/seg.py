@@ -15,7 +15,8 @@ table (:mod:`vacseg_monai.labels`). Every label of the table is described even
 when it has no voxel; frames without any voxel of a segment are omitted
 (``omit_empty_frames``), so an empty segment is a described segment with no
 frames. An entirely empty label map is encoded with all frames (highdicom cannot
-omit every frame).
+omit every frame). :func:`read_seg_masks` reads a Segmentation back onto the series,
+for comparing the node's SEG with a clinic's corrected structure set.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SEG_MANUFACTURER",
+    "read_seg_masks",
     "write_seg",
 ]
 
@@ -299,3 +301,54 @@ def _add_coding_scheme_identification(seg: hd.seg.Segmentation, table: list[Labe
         item.CodingSchemeResponsibleOrganization = SEG_MANUFACTURER
         items.append(item)
     seg.CodingSchemeIdentificationSequence = items
+
+
+def read_seg_masks(
+    path: str | os.PathLike[str], series: CTSeries, *, label_table: Sequence[Label] = LABELS
+) -> dict[int, np.ndarray]:
+    """Read a DICOM Segmentation of ``series`` back as one mask per label, on the series' grid.
+
+    Segments are matched to labels by their SegmentLabel, with the names and aliases an RT
+    Structure Set's ROIs are matched by (:func:`vacseg_monai.dicom.rtstruct.resolve_roi_label`),
+    so the node's own SEG, whatever profile named its segments, compares with a correction.
+    A FRACTIONAL segment counts where its value is at least 0.5; frames the file omits are empty.
+
+    Args:
+        path: the SEG file.
+        series: the CT series it segments (:class:`vacseg_monai.dicom.series.CTSeries`).
+        label_table: labels to map to (default :data:`vacseg_monai.labels.LABELS`).
+
+    Returns:
+        label number -> bool mask ``(rows, cols, n_slices)``; several segments of one label are merged.
+
+    Raises:
+        ValueError: naming the file, when it is no Segmentation, references no instance of the series,
+            or none of its segments matches a label.
+    """
+    from vacseg_monai.dicom.rtstruct import resolve_roi_label
+
+    try:
+        seg = hd.seg.segread(path)
+    except (AttributeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable DICOM Segmentation ({exc}).") from exc
+    uids = [str(ds.SOPInstanceUID) for ds in series.datasets]
+    referenced = {str(uid) for _, _, uid in seg.get_source_image_uids()}
+    if not referenced & set(uids):
+        raise ValueError(f"{path}: the segmentation references none of the instances of series "
+                         f"{series.series_instance_uid}.")
+    numbers: dict[int, int] = {}
+    for number in seg.get_segment_numbers():
+        label = resolve_roi_label(seg.get_segment_description(number).segment_label, label_table=label_table)
+        if label:
+            numbers[number] = label
+    if not numbers:
+        names = [seg.get_segment_description(n).segment_label for n in seg.get_segment_numbers()]
+        raise ValueError(f"{path}: none of its segments {names} matches a label "
+                         f"({', '.join(label.name for label in label_table)}) or one of their aliases.")
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=list(numbers),
+                                               assert_missing_frames_are_empty=True, dtype=np.float32)
+    masks: dict[int, np.ndarray] = {}
+    for channel, label in enumerate(numbers.values()):
+        mask = np.moveaxis(pixels[..., channel] >= 0.5, 0, -1)  # (slices, rows, cols) -> (rows, cols, slices)
+        masks[label] = masks[label] | mask if label in masks else mask
+    return masks

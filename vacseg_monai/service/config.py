@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import enum
+import ipaddress
 import logging
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from vacseg_monai.dicom.outputs import OutputKind, check_root_uid
+from vacseg_monai.options import parse_bool
 from vacseg_monai.paths import default_bundle_root
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "OutputKind",
     "ReviewPolicy",
     "build_argument_parser",
+    "is_loopback",
     "config_from_namespace",
     "parse_bool",
     "parse_destination",
@@ -113,6 +116,12 @@ class NodeConfig:
             ``--approve``/``--reject``, or ``send-marked`` with the flagged ROI names suffixed.
         review_suffix: the suffix of ``send-marked`` (default ``" CHECK"``); names stay within 64 characters.
         log_level: logging level name for :func:`logging.basicConfig` (default INFO).
+        http_port: port of the read-only dashboard (:mod:`vacseg_monai.service.dashboard`); None, the
+            default, serves none.
+        http_bind_address: address the dashboard listens on (default None: ``bind_address``). Anything but
+            a loopback address needs ``http_token`` or TLS (``tls_cert``).
+        http_token: bearer token every dashboard request must carry (default None: none asked).
+        http_show_names: show patient names on the dashboard (default False: patient IDs only).
     """
 
     port: int = 11112
@@ -144,6 +153,10 @@ class NodeConfig:
     review_policy: ReviewPolicy = ReviewPolicy.SEND
     review_suffix: str = " CHECK"
     log_level: str = "INFO"
+    http_port: int | None = None
+    http_bind_address: str | None = None
+    http_token: str | None = None
+    http_show_names: bool = False
 
     def __post_init__(self) -> None:
         self.port = _port(self.port, "port")
@@ -191,11 +204,51 @@ class NodeConfig:
             raise ValueError(f"`worker_nice` must be an integer in [0, 19], got {self.worker_nice}.")
         if not isinstance(self.processor, str) or ":" not in self.processor:
             raise ValueError(f"`processor` must look like 'package.module:factory', got {self.processor!r}.")
+        self._check_http()
+
+    def _check_http(self) -> None:
+        """Validate the dashboard options; a non-loopback dashboard needs a token or TLS."""
+        self.http_show_names = parse_bool(self.http_show_names)
+        if self.http_port is not None:
+            self.http_port = _port(self.http_port, "http_port")
+        if self.http_token is not None:
+            self.http_token = str(self.http_token)
+            if len(self.http_token) < 16 or not self.http_token.isprintable() or " " in self.http_token:
+                raise ValueError("`http_token` must be at least 16 printable characters without spaces "
+                                 f"(e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`), got "
+                                 f"{len(self.http_token)} characters.")
+        if self.http_port is not None and not is_loopback(self.dashboard_address) and not (
+            self.http_token or self.tls_enabled
+        ):
+            raise ValueError(
+                f"The dashboard would listen on {self.dashboard_address}, which is not a loopback address, without "
+                "protection: give `--http-token` (requests then need it) or `--tls-cert`/`--tls-key` (HTTPS with "
+                "the node's certificate), or bind it to 127.0.0.1 with `--http-bind-address`."
+            )
+
+    @property
+    def dashboard_address(self) -> str:
+        """The address the dashboard listens on (``http_bind_address``, else ``bind_address``)."""
+        return self.http_bind_address or self.bind_address
 
     @property
     def tls_enabled(self) -> bool:
         """True when a certificate is configured."""
         return self.tls_cert is not None
+
+
+def is_loopback(address: str) -> bool:
+    """True if ``address`` is a loopback IP address or ``localhost`` (no other name is resolved).
+
+    Args:
+        address: an IPv4/IPv6 address or a host name.
+    """
+    if str(address).strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(str(address).strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _port(value: object, name: str) -> int:
@@ -206,25 +259,6 @@ def _port(value: object, name: str) -> int:
     if not 0 <= port <= 65535:
         raise ValueError(f"`{name}` must be in [0, 65535], got {port}.")
     return port
-
-
-def parse_bool(value: object) -> bool:
-    """Parse "True"/"False"/"yes"/"no"/"1"/"0" (any case) or a bool.
-
-    Args:
-        value: the value to parse.
-
-    Raises:
-        ValueError: for anything else.
-    """
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off"):
-        return False
-    raise ValueError(f"Expected a boolean such as True or False, got {value!r}.")
 
 
 def parse_destination(text: str) -> Destination:
@@ -317,6 +351,12 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
     tls.add_argument("--tls-cert", dest="tls_cert", type=Path, metavar="PEM", help="certificate (PEM): enables TLS for the SCP and the export")
     tls.add_argument("--tls-key", dest="tls_key", type=Path, metavar="PEM", help="private key (PEM) of --tls-cert")
     tls.add_argument("--tls-ca", dest="tls_ca", type=Path, metavar="PEM", help="CA certificates (PEM): the SCP then requires client certificates and the export verifies the destination")
+
+    http = parser.add_argument_group("Dashboard")
+    http.add_argument("--http-port", dest="http_port", type=_argparse_type(lambda v: _port(v, "http_port")), metavar="PORT", help="serve the read-only dashboard, JSON API and /metrics on this port (default: off)")
+    http.add_argument("--http-bind-address", dest="http_bind_address", metavar="ADDRESS", help="address of the dashboard (default: --bind-address); anything but loopback needs --http-token or TLS")
+    http.add_argument("--http-token", dest="http_token", metavar="TOKEN", help="bearer token the dashboard asks of every request (the page asks for it once); at least 16 characters")
+    http.add_argument("--http-show-names", dest="http_show_names", nargs="?", const=True, type=_argparse_type(parse_bool), metavar="BOOL", help="show patient names on the dashboard (default: patient IDs only)")
     return parser
 
 

@@ -227,28 +227,33 @@ class CorrectionInbox:
 # --------------------------------------------------------------------------- worker side
 
 
-def _node_rtstruct(store: JobStore, job: Job) -> Path:
-    """The node's own RTSTRUCT among the job's outputs.
+def _node_result(store: JobStore, job: Job) -> Path:
+    """The node's own result among the job's outputs: its RTSTRUCT, else its DICOM-SEG (``--output seg``).
 
     Raises:
-        ValueError: when the job has none (it failed, or the node writes SEG only).
+        ValueError: when the job has neither (it failed, or it is not done yet).
     """
     job_dir = store.job_dir(job.job_id)
+    found: dict[str, Path] = {}
     for name in job.outputs:
         path = job_dir / name
         try:
-            if dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality") == "RTSTRUCT":
-                return path
+            modality = dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality")
         except (OSError, ValueError):
             logger.warning("Cannot read output %s of job %s", path, job.job_id)
+            continue
+        found.setdefault(str(modality), path)
+    for modality in ("RTSTRUCT", "SEG"):
+        if modality in found:
+            return found[modality]
     raise ValueError(
-        f"job {job.job_id} ({job.state.value}) has no RT Structure Set of the node's to compare with"
+        f"job {job.job_id} ({job.state.value}) has no RT Structure Set or Segmentation of the node's to compare with"
         + (f": {job.reason}" if job.reason else " (outputs: " + (", ".join(job.outputs) or "none") + ")")
     )
 
 
 def measure_correction(store: JobStore, job: Job, path: Path, *, picture: bool = True) -> dict:
-    """Compare one stored correction with the node's RTSTRUCT of ``job``; return its record entry.
+    """Compare one stored correction with the node's result of ``job`` (RTSTRUCT or SEG); return its record entry.
 
     Never raises for a bad structure set: the entry then has ``status`` ``failed`` and the ``reason``.
 
@@ -270,7 +275,7 @@ def measure_correction(store: JobStore, job: Job, path: Path, *, picture: bool =
     }
     start = time.perf_counter()
     try:
-        node = _node_rtstruct(store, job)
+        node = _node_result(store, job)
         series = read_series(store.series_dir(job.job_id))
         result = compare_structure_sets(node, path, series)
         entry.update(status="measured", rois=[roi.as_dict() for roi in result.measure.rois],

@@ -36,7 +36,13 @@ _MAX_CONTEXTS = 128
 
 
 class ExportError(RuntimeError):
-    """Sending results failed for good (rejected instances, or retries exhausted)."""
+    """Sending results failed for good (rejected instances, or retries exhausted).
+
+    Attributes:
+        attempts: how many times :func:`export_with_retry` tried to send (0 when raised elsewhere).
+    """
+
+    attempts: int = 0
 
 
 class ExportConnectionError(ExportError):
@@ -211,11 +217,19 @@ def export_with_retry(
             elapsed = time.monotonic() - start
             remaining = give_up_after - elapsed
             if remaining <= 0:
-                raise ExportError(
+                raise _counted(ExportError(
                     f"Gave up sending to {destination} after {attempt} attempts in {elapsed:.0f} s: {exc}"
-                ) from exc
+                ), attempt) from exc
             wait = min(delay, max_delay, remaining)
             logger.warning("Export attempt %d to %s failed (%s); retrying in %.1f s", attempt, destination, exc, wait)
             if stop.wait(wait):
-                raise ExportError(f"Export to {destination} interrupted by shutdown after {attempt} attempts.") from exc
+                raise _counted(ExportError(f"Export to {destination} interrupted by shutdown after {attempt} attempts."),
+                               attempt) from exc
             delay *= 2
+        except ExportError as exc:  # refused: not retried
+            raise _counted(exc, attempt)
+
+
+def _counted(exc: ExportError, attempts: int) -> ExportError:
+    exc.attempts = attempts
+    return exc

@@ -27,12 +27,16 @@ from __future__ import annotations
 
 import enum
 import errno
+import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -47,6 +51,7 @@ __all__ = [
     "PENDING_STATES",
     "format_status",
     "fsync_file",
+    "is_valid_job_id",
     "move_atomic",
     "write_atomic",
 ]
@@ -56,6 +61,21 @@ logger = logging.getLogger(__name__)
 LABEL_NAMES = frozenset(label.name for label in LABELS)
 
 RECORD_NAME = "job.json"
+
+#: Lock file of a job (see :meth:`JobStore.locked`); empty.
+LOCK_NAME = ".lock"
+
+#: What :meth:`JobStore.create` names a job: 20 digits of arrival time in ns, a dash, 6 hex digits.
+_JOB_ID_RE = re.compile(r"^[0-9]{20}-[0-9a-f]{6}$")
+
+
+def is_valid_job_id(job_id: object) -> bool:
+    """True if ``job_id`` is shaped like the ids :meth:`JobStore.create` makes (so it is one safe folder name).
+
+    Args:
+        job_id: the value to check, e.g. from a URL; anything but a ``str`` is invalid.
+    """
+    return isinstance(job_id, str) and _JOB_ID_RE.fullmatch(job_id) is not None
 
 
 class JobState(str, enum.Enum):
@@ -114,6 +134,8 @@ class Job:
         modalities: each Modality value the SCP stored in the series, with the file of the first instance that
             had it; None until the series is complete, and for a job recovered after a crash (the worker then
             reads the headers).
+        export: the last export of the results: ``{"destination", "attempts", "ok", "time", "error"}``
+            (None until the worker tried to send them).
     """
 
     job_id: str
@@ -133,6 +155,7 @@ class Job:
     corrections: list[dict] = field(default_factory=list)
     correction: str | None = None
     modalities: dict[str, str] | None = None
+    export: dict | None = None
 
     def to_dict(self) -> dict:
         """Return the JSON-serialisable record."""
@@ -239,8 +262,10 @@ def fsync_dir(directory: Path) -> None:
 class JobStore:
     """The on-disk job queue; safe to use from several processes for different jobs.
 
-    Each job is written by one party at a time (the SCP while ``received``,
-    the worker afterwards), so no cross-process locking is needed.
+    Each job is mostly written by one party at a time (the SCP while ``received``, the worker
+    afterwards); a review decision (``--approve``/``--reject``, another process) and the worker's
+    recording of a correction may meet on a held job, so every read-change-write of a record
+    (:meth:`transition`, :meth:`update`) holds the job's lock (:meth:`locked`), and neither change is lost.
 
     Args:
         root: the node's output directory; jobs live in ``root/jobs``.
@@ -303,6 +328,20 @@ class JobStore:
         payload = json.dumps(job.to_dict(), indent=1, sort_keys=True).encode()
         write_atomic(self.job_dir(job.job_id) / RECORD_NAME, payload)
 
+    @contextmanager
+    def locked(self, job_id: str) -> Iterator[None]:
+        """Hold the job's lock (``flock`` on ``<job>/.lock``, across processes) for a read-change-write.
+
+        Args:
+            job_id: the job.
+        """
+        fd = os.open(self.job_dir(job_id) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
     def load(self, job_id: str) -> Job:
         """Read one job record.
 
@@ -335,6 +374,11 @@ class JobStore:
             JobStateError: if the transition is not allowed from the current state.
         """
         state = JobState(state)
+        with self.locked(job_id):
+            return self._transition(job_id, state, reason, fields)
+
+    def _transition(self, job_id: str, state: JobState, reason: str | None, fields: dict) -> Job:
+        """:meth:`transition`, with the job's lock held."""
         job = self.load(job_id)
         if state not in _ALLOWED[job.state]:
             raise JobStateError(
@@ -361,8 +405,7 @@ class JobStore:
     def update(self, job_id: str, **fields) -> Job:
         """Change fields of a job's record without changing its state, and persist it atomically.
 
-        Only the party that owns the job at the time may call it (the worker, for the corrections of a
-        finished job).
+        The worker calls it for the corrections of a finished job; the job's lock is held throughout.
 
         Args:
             job_id: the job to change.
@@ -371,12 +414,13 @@ class JobStore:
         Raises:
             JobStateError: if the record cannot be read or a field cannot be set.
         """
-        job = self.load(job_id)
-        for key, value in fields.items():
-            if key not in Job.__dataclass_fields__ or key in ("job_id", "state", "history"):
-                raise JobStateError(f"Job {job_id}: cannot set field {key!r}.")
-            setattr(job, key, value)
-        self.save(job)
+        with self.locked(job_id):
+            job = self.load(job_id)
+            for key, value in fields.items():
+                if key not in Job.__dataclass_fields__ or key in ("job_id", "state", "history"):
+                    raise JobStateError(f"Job {job_id}: cannot set field {key!r}.")
+                setattr(job, key, value)
+            self.save(job)
         return job
 
     def jobs(self) -> list[Job]:

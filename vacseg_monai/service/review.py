@@ -10,6 +10,7 @@ as any other job in ``exporting``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -119,6 +120,8 @@ class ControlListener:
         """Stop listening and remove the socket."""
         server, self._server = self._server, None
         if server is not None:
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_RDWR)  # wakes the accept() of _serve; close() alone does not on Linux
             server.close()
         if self._thread is not None:
             self._thread.join(timeout=_CONNECT_TIMEOUT_S)

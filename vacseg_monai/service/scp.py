@@ -32,6 +32,7 @@ import signal
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ from vacseg_monai.dicom.rtstruct import RTSTRUCT_SOP_CLASS_UID
 from vacseg_monai.dicom.series import DEFER_SIZE
 from vacseg_monai.service.config import NodeConfig
 from vacseg_monai.service.corrections import CorrectionInbox
+from vacseg_monai.service.counters import NodeCounters
 from vacseg_monai.service.jobs import JobState, JobStore, fsync_file, move_atomic, write_atomic
 from vacseg_monai.service.review import ControlListener
 from vacseg_monai.service.uids import InvalidUIDError, sanitize_uid
@@ -60,6 +62,7 @@ __all__ = [
     "handle_connection_open",
     "handle_requested",
     "handle_store",
+    "handle_store_counted",
     "make_server_ssl_context",
     "receive_into_files",
     "run_node",
@@ -377,6 +380,26 @@ def handle_store(event: evt.Event, assembler: SeriesAssembler, inbox: Correction
     return _check_and_store(event, assembler, peer, header.result, received, sync_error, inbox)
 
 
+def handle_store_counted(
+    event: evt.Event, assembler: SeriesAssembler, inbox: CorrectionInbox | None, counters: NodeCounters
+) -> int:
+    """EVT_C_STORE handler of the node: :func:`handle_store`, its answer counted in ``counters``.
+
+    Args:
+        event: the pynetdicom event.
+        assembler: the node's :class:`SeriesAssembler`.
+        inbox: where RT Structure Sets go, as corrections (None: stored as series).
+        counters: the node's :class:`~vacseg_monai.service.counters.NodeCounters` (read by ``/metrics``).
+
+    Returns:
+        A :class:`StoreStatus` value.
+    """
+    status = handle_store(event, assembler, inbox)
+    counters.store_answered(status, correction=inbox is not None
+                            and event.context.abstract_syntax == RTSTRUCT_SOP_CLASS_UID)
+    return status
+
+
 def _check_and_store(
     event: evt.Event,
     assembler: SeriesAssembler,
@@ -554,6 +577,9 @@ class DicomNode:
             on_open=self.worker.notify_receiving,
         )
         self.corrections = CorrectionInbox(self.store, on_stored=self.worker.submit_correction)
+        self.counters = NodeCounters()
+        self.dashboard = None  # a DashboardServer once started with config.http_port
+        self.started = 0.0
         self._server = None
         self._stop = threading.Event()
         # `serve_scp.py --approve JOB` in another process wakes the worker through this socket.
@@ -565,6 +591,11 @@ class DicomNode:
         if self._server is None:
             raise RuntimeError("The node is not started; call start() first.")
         return self._server.server_address[1]
+
+    @property
+    def listening(self) -> bool:
+        """True while the SCP listens."""
+        return self._server is not None
 
     @property
     def incoming(self) -> Path:
@@ -583,6 +614,12 @@ class DicomNode:
         shutil.rmtree(self.incoming, ignore_errors=True)
         self.incoming.mkdir(parents=True)
         self.assembler.recover()
+        self.started = time.time()
+        if cfg.http_port is not None:  # first: a port in use fails the start before any DICOM is accepted
+            from vacseg_monai.service.dashboard import DashboardServer
+
+            self.dashboard = DashboardServer.for_node(self)
+            self.dashboard.start()
         self.worker.start()
         self.control.start()
         ae = AE(ae_title=cfg.ae_title)
@@ -595,7 +632,7 @@ class DicomNode:
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         handlers = [
             (evt.EVT_CONN_OPEN, handle_connection_open, [DUL_LOOP_DELAY_S]),
-            (evt.EVT_C_STORE, handle_store, [self.assembler, self.corrections]),
+            (evt.EVT_C_STORE, handle_store_counted, [self.assembler, self.corrections, self.counters]),
             (evt.EVT_REQUESTED, handle_requested, [cfg.allowed_aet, cfg.allowed_host]),
             (evt.EVT_RELEASED, handle_association_end, [self.assembler]),
             (evt.EVT_ABORTED, handle_association_end, [self.assembler]),
@@ -635,6 +672,9 @@ class DicomNode:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        if self.dashboard is not None:
+            self.dashboard.stop()
+            self.dashboard = None
         self.control.stop()
         self.assembler.close()
         self.worker.stop(timeout)

@@ -31,6 +31,7 @@ import multiprocessing.connection
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Mapping, Protocol
 
@@ -223,11 +224,12 @@ def process_job(
         files = [job_dir / p for p in job.outputs]
         if config.export_series:
             files += sorted(store.series_dir(job_id).glob("*.dcm"))
+        record = {"destination": str(config.destination), "attempts": 0, "ok": False, "time": 0.0, "error": None}
         try:
             ssl_context = None
             if config.tls_enabled:
                 ssl_context = make_client_ssl_context(config.tls_ca, config.tls_cert, config.tls_key)
-            export_with_retry(
+            record["attempts"] = export_with_retry(
                 files,
                 config.destination,
                 give_up_after=config.export_timeout,
@@ -242,9 +244,11 @@ def process_job(
             )
         except (ExportError, ValueError) as exc:
             logger.exception("Export of job %s failed; files kept in %s", job_id, job_dir)
-            return _fail(store, job, f"export failed: {exc}")
+            record.update(attempts=getattr(exc, "attempts", 0), time=time.time(), error=str(exc))
+            return store.transition(job_id, JobState.FAILED, reason=f"export failed: {exc}", export=record)
+        record.update(ok=True, time=time.time())
         _after_export(processor, job_dir)
-        return store.transition(job_id, JobState.DONE)
+        return store.transition(job_id, JobState.DONE, export=record)
     return job
 
 
@@ -414,6 +418,17 @@ class WorkerProcess:
         """The worker process's id (None before :meth:`start`)."""
         process = self._process
         return process.pid if process is not None else None
+
+    @property
+    def alive(self) -> bool:
+        """True while the worker process runs."""
+        process = self._process
+        return process is not None and process.is_alive()
+
+    @property
+    def ready(self) -> bool:
+        """True once the running worker has loaded its processor (the bundle)."""
+        return self._ready.is_set()
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until the worker has loaded its processor (the bundle); True if it has.

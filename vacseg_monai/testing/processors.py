@@ -3,7 +3,8 @@
 Name one as the node's processor factory: ``--processor vacseg_monai.testing.processors:StandInProcessor``
 (or ``processor = "..."`` in the node's TOML). :class:`StandInProcessor` writes one small Secondary Capture
 instance; :class:`StandInStructureSetProcessor` writes a real RT Structure Set (a Body outline by an HU
-threshold) that references the series, as the node's results do.
+threshold) that references the series, as the node's results do; :class:`StandInWithQAProcessor` also leaves
+a quality block and a QA picture.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-__all__ = ["StandInProcessor", "StandInStructureSetProcessor"]
+__all__ = ["StandInProcessor", "StandInStructureSetProcessor", "StandInWithQAProcessor"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,3 +111,50 @@ class StandInStructureSetProcessor:
         labels = np.zeros(hu.shape, np.uint8)
         labels[hu > self.body_hu] = label_by_name("Body").value
         return write_outputs(labels, series, job_dir / "output", "rtstruct", self.root_uid)
+
+
+class StandInWithQAProcessor(StandInProcessor):
+    """:class:`StandInProcessor` that also leaves what the real one leaves for a person: a quality block and a picture.
+
+    ``quality.json`` holds the scores it is given (a structure below ``threshold`` is flagged, so that the
+    review policy and the dashboard's flag can be exercised) and ``after_export`` writes ``qa.png``: the
+    middle slice of the series, windowed, as an 8-bit grey image of the slice's size. No contour is drawn:
+    the model is left out.
+
+    Args:
+        quality: score of each structure, e.g. ``{"Vacbag": 0.31, "Couch": 0.98}`` (default None: no quality block).
+        threshold: scores below it are flagged (default 0.5).
+        **kwargs: passed to :class:`StandInProcessor`.
+    """
+
+    def __init__(self, *, quality: dict[str, float] | None = None, threshold: float = 0.5, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.quality = {str(k): float(v) for k, v in (quality or {}).items()}
+        self.threshold = float(threshold)
+
+    def __call__(self, series_dir: Path, job_dir: Path) -> list[Path]:
+        """As :class:`StandInProcessor`, then ``<job_dir>/quality.json`` when scores were given."""
+        import json
+
+        from vacseg_monai.service.jobs import write_atomic
+
+        written = super().__call__(series_dir, job_dir)
+        if self.quality:
+            structures = {name: {"score": score, "flagged": score < self.threshold, "flagged_slices": []}
+                          for name, score in self.quality.items()}
+            block = {"threshold": self.threshold, "flagged": [n for n, s in structures.items() if s["flagged"]],
+                     "input_reasons": [], "structures": structures}
+            write_atomic(job_dir / "quality.json", json.dumps(block, indent=1).encode())
+        return written
+
+    def after_export(self, job_dir: Path) -> None:
+        """Write ``<job_dir>/qa.png``: the series' middle slice, window -1000..1000 HU."""
+        import numpy as np
+        from PIL import Image
+        from pydicom import dcmread
+
+        files = sorted((job_dir / "series").glob("*.dcm"))
+        ds = dcmread(files[len(files) // 2])
+        hu = ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+        grey = np.clip((hu + 1000.0) / 2000.0 * 255.0, 0, 255).astype(np.uint8)
+        Image.fromarray(grey).save(job_dir / "qa.png")
