@@ -2,10 +2,10 @@
 
 ``--series`` series (default 20) of ``--slices`` CT images (default 100, 512 x 512; each series a copy of the
 benchmark phantom with its own study, series, frame of reference and SOP instance UIDs) are sent by
-``--associations`` DCMTK ``storescu`` processes in parallel (default 4; each sends its share of the series
-one after the other, one association per series) to the node, ``scripts/serve_scp.py``, whose results go to
-a destination receiver (DCMTK ``storescp`` with unique file names, so a result sent twice shows as two
-files). The node runs with a **stand-in processor**,
+``--associations`` DCMTK ``storescu`` processes in parallel (default 4), each over one association carrying
+its share of the series one after the other (5 series each by default), to the node, ``scripts/serve_scp.py``,
+whose results go to a destination receiver (DCMTK ``storescp`` with unique file names, so a result sent twice
+shows as two files). The node runs with a **stand-in processor**,
 :class:`~vacseg_monai.testing.processors.StandInStructureSetProcessor`: the real series reader and RTSTRUCT
 writer, a Body outline by an HU threshold instead of the network, so that the check is about the node
 (receive, queue, worker, export), not the model's speed.
@@ -140,12 +140,17 @@ class _RssSampler:
 
 
 def _send_all(copies: dict[str, list[Path]], port: int, aec: str, associations: int) -> None:
-    """Send each series over its own association, ``associations`` senders in parallel, each its share in turn."""
-    shares = [list(copies.values())[i::associations] for i in range(associations)]
+    """``associations`` storescu processes in parallel, each sending its share of the series over one association.
+
+    Raises:
+        RuntimeError: if any C-STORE did not succeed (from :func:`storescu_store_all`).
+    """
+    series = list(copies.values())
+    shares = [[path for files in series[i::associations] for path in files] for i in range(associations)]
 
     def sender(k: int) -> None:
-        for files in shares[k]:
-            storescu_store_all(port, files, aet=f"SOAK{k}", aec=aec, timeout=600)
+        if shares[k]:
+            storescu_store_all(port, shares[k], aet=f"SOAK{k}", aec=aec, timeout=1800)
 
     with ThreadPoolExecutor(max_workers=associations, thread_name_prefix="soak-sender") as pool:
         for future in [pool.submit(sender, k) for k in range(associations)]:
@@ -196,7 +201,8 @@ def run(series: int = 20, slices: int = 100, size: int = 512, associations: int 
         "benchmark": "soak",
         "processor": f"stand-in: {PROCESSOR} (series reader and RTSTRUCT writer, HU threshold instead of the network)",
         "series": series, "slices": slices, "rows": size, "cols": size, "associations": associations,
-        "sender": "DCMTK storescu, TCP_NODELAY=1, one association per series, the senders in parallel",
+        "sender": "DCMTK storescu processes in parallel, TCP_NODELAY=1, each one association carrying its share of "
+                  "the series",
         "seconds": round(elapsed, 2), "send_seconds": round(sent_s, 2),
         "series_per_min": round(series / elapsed * 60, 2),
         "images_per_s": round(series * slices / sent_s, 1),
