@@ -206,8 +206,9 @@ def _orthanc_ratios(seconds: dict[str, list[float]]) -> dict[str, Any]:
 
 def summary(result: dict[str, Any]) -> str:
     """The human-readable table."""
-    labels = {"node": "node (store+fsync)", "orthanc": "Orthanc (SyncStorageArea)", "node_bundle": "node with the bundle",
-              "pynetdicom": "pynetdicom storescp --ignore", "dcmtk": "DCMTK storescp"}
+    labels = {"node": "node (store+fsync)", "orthanc": "Orthanc (SyncStorageArea)",
+              "node_bundle": "node with the bundle", "pynetdicom": "pynetdicom storescp --ignore",
+              "dcmtk": "DCMTK storescp"}
     rows = [[labels[n], result["images_per_s"][n]["median"], result["seconds"][n]["median"],
              result["images_per_s"][n]["min"], result["images_per_s"][n]["max"]] for n in PEERS
             if n in result["images_per_s"]]
@@ -225,7 +226,8 @@ def report_chart(result: dict[str, Any], docs: Path) -> Path:
     plt = chart_pyplot()
     rec = result
     names = [n for n in PEERS if n in rec["images_per_s"]]
-    labels = {"node": "node\n(store+fsync)", "orthanc": "Orthanc\n(SyncStorageArea)", "node_bundle": "node with\nthe bundle",
+    labels = {"node": "node\n(store+fsync)", "orthanc": "Orthanc\n(SyncStorageArea)",
+              "node_bundle": "node with\nthe bundle",
               "pynetdicom": "pynetdicom storescp\n--ignore", "dcmtk": "DCMTK storescp"}
     labels = [labels[n] for n in names]
     med = [rec["images_per_s"][n]["median"] for n in names]
@@ -266,7 +268,8 @@ def report_section(result: dict[str, Any]) -> list[str]:
            "| SCP | images/s (median) | seconds (median) |", "|---|---|---|",
            f"| node (store + fsync before the ack) | {ips['node']['median']:.1f} | {rec['seconds']['node']['median']:.3f} |",
            *([f"| Orthanc 1.10 (`SyncStorageArea` true: fsync per file, plus its SQLite index) | "
-              f"{ips['orthanc']['median']:.1f} | {rec['seconds']['orthanc']['median']:.3f} |"] if "orthanc" in ips else []),
+              f"{ips['orthanc']['median']:.1f} | {rec['seconds']['orthanc']['median']:.3f} |"]
+             if "orthanc" in ips else []),
            *([f"| node with the bundle (decoding and preprocessing while receiving) | {ips['node_bundle']['median']:.1f} | "
               f"{rec['seconds']['node_bundle']['median']:.3f} |"] if "node_bundle" in ips else []),
            f"| pynetdicom `storescp --ignore` | {ips['pynetdicom']['median']:.1f} | {rec['seconds']['pynetdicom']['median']:.3f} |",
