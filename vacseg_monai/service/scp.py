@@ -7,7 +7,9 @@ decoded and re-encoded) are on disk and fsync'ed under
 (:func:`run_node`) pynetdicom writes each instance into a file under
 ``incoming/`` while it arrives (:func:`receive_into_files`); the handler parses
 only its header (the pixel data stay on disk) and renames the file into its job,
-so no instance, however large, is held whole in memory. A series is complete when the
+so no instance, however large, is held whole in memory. The node's side of each association looks for
+the next PDU every :data:`DUL_LOOP_DELAY_S` rather than pynetdicom's 1 ms (:func:`handle_connection_open`),
+which each C-STORE would otherwise wait on a few times. A series is complete when the
 last association that sent to it ends (release, abort or dropped connection),
 or ``series_timeout`` seconds after that if nothing more arrives, so a sender
 may spread a series over several associations. The complete job is marked
