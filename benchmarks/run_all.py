@@ -31,6 +31,7 @@ from benchmarks import (
     bench_quality,
     bench_receive,
     bench_rtstruct,
+    bench_soak,
     bench_training,
     real_ct_check,
 )
@@ -55,6 +56,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "real_ct": ("benchmarks.real_ct_check", [], []),
     "quality": ("benchmarks.bench_quality", [], ["--phantoms", "1", "--max-slices", "32"]),
     "edits": ("benchmarks.bench_edits", ["--repeats", "3"], ["--repeats", "1"]),
+    "soak": ("benchmarks.bench_soak", [], ["--series", "4", "--slices", "20", "--size", "128"]),
 }
 
 
@@ -65,6 +67,7 @@ REPORT_SECTIONS: tuple[tuple[str, ModuleType], ...] = (
     ("network", bench_network),
     ("postprocess", bench_postprocess),
     ("receive", bench_receive),
+    ("soak", bench_soak),
     ("training", bench_training),
     ("memory", bench_memory),
     ("gpu", bench_gpu),

@@ -72,6 +72,35 @@ def test_report_met_target_lists_no_receive_idea():
     assert "All targets met in this run." in report
 
 
+def _with_orthanc(result: dict, node_s: list[float], orthanc_s: list[float]) -> dict:
+    """``result`` of :func:`_receive` with an Orthanc row measured in the same rotations, as bench_receive adds it."""
+    from benchmarks.bench_receive import ORTHANC_RATIO_MIN, _orthanc_ratios
+    from benchmarks.common import stats
+
+    result["seconds"].update(node=stats(node_s), orthanc=stats(orthanc_s))
+    result["images_per_s"]["orthanc"] = stats([100 / s for s in orthanc_s], 2)
+    result.update(_orthanc_ratios({"node": node_s, "orthanc": orthanc_s}))
+    result["met"]["orthanc"] = result["ratio_node_to_orthanc"] >= ORTHANC_RATIO_MIN
+    return result
+
+
+def test_report_gives_the_node_against_orthanc_per_rotation_and_its_verdict(tmp_path):
+    faster = _with_orthanc(_receive(118.0, 120.0), [0.8, 0.9, 1.0, 0.7, 0.85], [1.0, 0.9, 1.1, 0.9, 1.0])
+    assert faster["ratio_node_to_orthanc"] == 1.176  # 1.0 s / 0.85 s, the medians
+    assert faster["ratio_node_to_orthanc_per_rotation"] == [1.25, 1.0, 1.1, 1.286, 1.176]
+    report = render_report({"receive": faster}, MACHINE, "cmd")
+    assert "| Orthanc 1.10 (`SyncStorageArea` true: fsync per file, plus its SQLite index) | 100.0 | 1.000 |" in report
+    assert "node / Orthanc (durable against durable, same series, same run) = **1.18**; target node >= 1 x " \
+           "Orthanc: **met** (1.18 x vs target 1 x); per rotation: 1.25, 1.00, 1.10, 1.29, 1.18" in report
+    assert "All targets met in this run." in report
+    slower = _with_orthanc(_receive(118.0, 120.0), [1.2] * 5, [1.0] * 5)
+    report = render_report({"receive": slower}, MACHINE, "cmd")
+    assert "**missed** by 0.17 x (83% of the target 1 x)" in report
+    assert "Receive against Orthanc: node / Orthanc = 0.83 (target >= 1)." in report
+    charts = render_charts({"receive": slower}, tmp_path)
+    assert charts[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_gpu_peak_table_picks_the_variant_named():
     from benchmarks.bench_gpu import peak_tflops
 

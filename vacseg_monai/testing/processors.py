@@ -1,7 +1,10 @@
-"""A worker processor without the model, for the node's tests and benchmarks.
+"""Worker processors without the model, for the node's tests and benchmarks.
 
-Name it as the node's processor factory: ``--processor vacseg_monai.testing.processors:StandInProcessor``
-(or ``processor = "..."`` in the node's TOML).
+Name one as the node's processor factory: ``--processor vacseg_monai.testing.processors:StandInProcessor``
+(or ``processor = "..."`` in the node's TOML). :class:`StandInProcessor` writes one small Secondary Capture
+instance; :class:`StandInStructureSetProcessor` writes a real RT Structure Set (a Body outline by an HU
+threshold) that references the series, as the node's results do; :class:`StandInWithQAProcessor` also leaves
+a quality block and a QA picture.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-__all__ = ["StandInProcessor", "StandInWithQAProcessor"]
+__all__ = ["StandInProcessor", "StandInStructureSetProcessor", "StandInWithQAProcessor"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +77,40 @@ class StandInProcessor:
         path = out_dir / f"{ds.SOPInstanceUID}.dcm"
         ds.save_as(path, enforce_file_format=True)
         return [path]
+
+
+class StandInStructureSetProcessor:
+    """Reads the series and writes an RT Structure Set of one structure, Body, where the HU is above a threshold.
+
+    The series reader and the project's RTSTRUCT writer are the real ones, so the result references the
+    series (its study, series and instances) as the node's results do; the network is left out.
+
+    Args:
+        root_uid: UID root for the new objects (default None: the project's).
+        body_hu: HU above which a voxel is Body (default -300).
+        **_: other factory arguments (bundle, output, ...) are accepted and ignored.
+    """
+
+    def __init__(self, *, root_uid: str | None = None, body_hu: float = -300.0, **_: object) -> None:
+        from vacseg_monai.dicom.outputs import DEFAULT_ROOT_UID
+        from vacseg_monai.dicom.series import read_series
+
+        self.root_uid = root_uid or DEFAULT_ROOT_UID
+        self.body_hu = float(body_hu)
+        self._read_series = read_series
+
+    def __call__(self, series_dir: Path, job_dir: Path) -> list[Path]:
+        """Read ``series_dir``, write the RTSTRUCT under ``<job_dir>/output``; return its path in a list."""
+        import numpy as np
+
+        from vacseg_monai.dicom.outputs import write_outputs
+        from vacseg_monai.labels import label_by_name
+
+        series = self._read_series(series_dir)
+        hu = series.volume[0].numpy()
+        labels = np.zeros(hu.shape, np.uint8)
+        labels[hu > self.body_hu] = label_by_name("Body").value
+        return write_outputs(labels, series, job_dir / "output", "rtstruct", self.root_uid)
 
 
 class StandInWithQAProcessor(StandInProcessor):
