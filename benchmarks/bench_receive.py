@@ -252,7 +252,9 @@ def report_chart(result: dict[str, Any], docs: Path) -> Path:
 
 
 def report_section(result: dict[str, Any]) -> list[str]:
-    """Section 3 of docs/benchmarks.md: the receive throughput."""
+    """Section 3 of docs/benchmarks.md: the receive throughput (or, for a ``--dashboard`` run, its section)."""
+    if result.get("benchmark") == "receive_dashboard":
+        return _dashboard_section(result)
     rec = result
     r = rec["ratio_node_to_pynetdicom"]
     ips = rec["images_per_s"]
@@ -302,8 +304,30 @@ def _orthanc_lines(rec: dict[str, Any]) -> list[str]:
             f"per rotation: {rotations}"]
 
 
+def _dashboard_section(result: dict[str, Any]) -> list[str]:
+    """The report's section of a ``--dashboard`` run: receive with and without the dashboard polled."""
+    ips, polls, series = result["images_per_s"], result["dashboard_polls"], result["series"]
+    slowdown = 100 * result["slowdown"]
+    return ["## Receive with the dashboard on", "",
+            f"The node (stand-in processor) without and with its dashboard (`--http-port`, `/api/jobs` fetched once "
+            f"a second throughout), sent the same {series['instances']} images of {series['rows']} x "
+            f"{series['cols']} in rotation, {result['repeats']} measured sends each after {result['warmup']} "
+            "warm-up.", "",
+            "| node | images/s (median) | seconds (median) |", "|---|---|---|",
+            *[f"| {label} | {ips[name]['median']:.1f} | {result['seconds'][name]['median']:.3f} |"
+              for name, label in (("node", "without the dashboard"), ("node_dashboard", "with the dashboard"))],
+            "",
+            f"- slowdown with the dashboard = **{slowdown:.1f} %**; target <= 5 %: "
+            f"{verdict(result['met']['slowdown'], slowdown, 5, ' %')}; `/api/jobs` answered {polls['ok']} of "
+            f"{polls['requests']} polls with 200.", ""]
+
+
 def report_ideas(result: dict[str, Any], machine: dict[str, Any]) -> list[str]:
     """Its lines of "What could help" (``machine``: the report's machine)."""
+    if result.get("benchmark") == "receive_dashboard":
+        return [] if result["met"]["slowdown"] else [
+            f"Dashboard: receive {100 * result['slowdown']:.1f} % slower with the page polled; cache /api/jobs "
+            "between polls or answer it from the SCP's own counters."]
     ideas = []
     rec = result
     ips = rec["images_per_s"]

@@ -47,6 +47,8 @@ DOCS = REPO_ROOT / "docs"
 # name -> (module, full arguments, quick arguments); run in this order (lightest on shared state first).
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "receive": ("benchmarks.bench_receive", ["--repeats", "5"], ["--repeats", "2"]),
+    "receive_dashboard": ("benchmarks.bench_receive", ["--dashboard", "--repeats", "5"],
+                          ["--dashboard", "--repeats", "2"]),
     "latency": ("benchmarks.bench_latency", ["--repeats", "5"], ["--repeats", "2"]),
     "network": ("benchmarks.bench_network", ["--repeats", "5"], ["--repeats", "1"]),
     "postprocess": ("benchmarks.bench_postprocess", ["--repeats", "5"], ["--repeats", "1"]),
@@ -67,6 +69,7 @@ REPORT_SECTIONS: tuple[tuple[str, ModuleType], ...] = (
     ("network", bench_network),
     ("postprocess", bench_postprocess),
     ("receive", bench_receive),
+    ("receive_dashboard", bench_receive),
     ("soak", bench_soak),
     ("training", bench_training),
     ("memory", bench_memory),

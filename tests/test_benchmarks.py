@@ -148,3 +148,20 @@ def test_report_has_the_edit_metrics_section():
     assert "## Edit metrics of a correction (bench_edits.py)" in report
     assert "| Vacbag | 0.980 | 0.779 | 2.7 | +201 | 31833 |" in report
     assert "took 3.40 s (median of 4.10, 3.40, 3.20 s)" in report
+
+
+def test_report_has_the_receive_with_dashboard_section():
+    """bench_receive --dashboard is part of make bench: the slowdown and its verdict are in the report."""
+    from benchmarks.run_all import BENCHMARKS
+
+    assert BENCHMARKS["receive_dashboard"][1][0] == "--dashboard"
+    rate = {"median": 72.1, "min": 70.0, "max": 74.0}
+    result = {"benchmark": "receive_dashboard", "series": {"instances": 100, "rows": 512, "cols": 512},
+              "repeats": 5, "warmup": 1, "images_per_s": {"node": rate, "node_dashboard": {**rate, "median": 64.0}},
+              "seconds": {"node": {"median": 1.387}, "node_dashboard": {"median": 1.562}},
+              "dashboard_polls": {"requests": 41, "ok": 41}, "slowdown": 0.1123, "met": {"slowdown": False}}
+    report = render_report({"receive_dashboard": result}, MACHINE, "cmd")
+    assert "## Receive with the dashboard on" in report
+    assert "| with the dashboard | 64.0 | 1.562 |" in report
+    assert "slowdown with the dashboard = **11.2 %**; target <= 5 %: **missed** by 6.23 %" in report
+    assert "Dashboard: receive 11.2 % slower" in report
