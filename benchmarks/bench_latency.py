@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import statistics
 import tempfile
@@ -251,6 +252,7 @@ def run(repeats: int = 5, slices: int = 100, size: int = 512, warmup: int = 1, t
         series["real"] = real_ct_series(real_scan, max_slices=real_slices)
     if not series:
         raise ValueError("Nothing to measure: pass a `real_scan` or keep `phantom`.")
+    load_start = [round(v, 2) for v in os.getloadavg()]  # 1, 5, 15 min: how busy the machine was
     bundle = Path(default_bundle_root())
     segmenter = BundleSegmenter(bundle)
     reference: dict[str, list[float]] = {name: [] for name in series}
@@ -290,6 +292,7 @@ def run(repeats: int = 5, slices: int = 100, size: int = 512, warmup: int = 1, t
         "sender": _sender(),
         "targets": {"ratio_max": RATIO_MAX, "latency_max_s": LATENCY_MAX_S},
         "cases": cases,
+        "load_average": {"start": load_start, "end": [round(v, 2) for v in os.getloadavg()]},
         "machine": machine_info(),
     }
 
@@ -340,7 +343,8 @@ def report_chart(result: dict[str, Any], docs: Path) -> Path:
                 label=f"{RATIO_MAX:g} x network (reference)" if row == 0 else None)
         ax.text(bottom, row, f" {case['latency_s']['median']:.2f} s = {case['ratio_latency_to_network']:.2f} x",
                 va="center", fontsize=7)
-    ax.set_yticks(range(len(cases)), [_case_label(result, k) for k in reversed(list(cases))], fontsize=7)
+    ax.set_yticks(range(len(cases)), [_case_label(result, k).replace("), ", ")\n") for k in reversed(list(cases))],
+                  fontsize=7)
     longest = max(max(c["stage_groups_sum_s"], RATIO_MAX * c["reference_network_s"]["median"]) for c in cases.values())
     ax.set_xlim(0, 1.25 * longest)
     ax.set_xlabel("seconds (medians)")
@@ -359,7 +363,8 @@ def report_section(result: dict[str, Any]) -> list[str]:
         "`DicomNode`s running the "
         "shipped bundle, one producing the RTSTRUCT only, one RTSTRUCT + SEG; the results go to a "
         "`ResultReceiver`, which records their arrival. Latency runs from the last C-STORE response to the "
-        "arrival of the job's last result. Reference: the network stage of `BundleSegmenter` (SliceInferer over "
+        "arrival of the job's last result (with storescu, from its exit after the release, which the node "
+        "answers once it has queued the job: \"release + queue\" can then be a few ms below zero). Reference: the network stage of `BundleSegmenter` (SliceInferer over "
         "the 256 x 256 preprocessed slices) on the same series in the benchmark process, interleaved with the "
         f"node runs. {result['warmup']} unmeasured warm-up run first.", "",
     ]
@@ -367,6 +372,10 @@ def report_section(result: dict[str, Any]) -> list[str]:
             + (f" (public scan `{info['scan']}`, a held-out check scan, written as a DICOM series by the "
                "project's writer)" if name == "real" else "")
             for name, info in (result["series"].items() if "cases" in result else [("phantom", result["series"])])]
+    if result.get("load_average"):
+        load = result["load_average"]
+        out += ["", f"Load average (1, 5, 15 min) of the machine, {result['machine'].get('cpu_count')} logical cores: "
+                f"{', '.join(map(str, load['start']))} at the start, {', '.join(map(str, load['end']))} at the end."]
     out += ["", "| series, output | latency | reference: network | latency / network | latency / the job's own "
             "network stage | sending the series |", "|---|---|---|---|---|---|"]
     for key, case in cases.items():
