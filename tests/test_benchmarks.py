@@ -139,6 +139,7 @@ def test_real_ct_series_keeps_the_scans_geometry_and_hu(tmp_path):
         real_ct_series(BENCH_REAL_SCAN, max_slices=0, cache=tmp_path / "cache")
 
 
+@pytest.mark.slow
 def test_latency_benchmark_tiny_run_times_phantom_and_real_ct(tmp_path):
     from benchmarks import bench_latency
     from benchmarks.common import BENCH_REAL_SCAN
