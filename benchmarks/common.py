@@ -40,6 +40,7 @@ __all__ = [
     "parse_cli",
     "phantom_series",
     "proc_status_kb",
+    "real_ct_series",
     "run_cli",
     "save_chart",
     "seconds_cell",
@@ -299,6 +300,60 @@ def small_series(n_instances: int, *, size: int = 64, cache: Path = CACHE_DIR) -
     volume = np.full((size, size, n_instances), -1000, np.int16)
     volume[disk] = 40
     files = write_ct_series(volume, folder / "CT", pixel_spacing=(2.0, 2.0), slice_thickness=1.0)
+    done.write_text(json.dumps([str(p.relative_to(folder)) for p in files]))
+    return files
+
+
+#: The real scan of the latency benchmark: a held-out check scan (never trained on), 61 chest CT slices of
+#: 512 x 512 with its couch (:data:`vacseg_monai.public_data.SCANS`).
+BENCH_REAL_SCAN = "lung2"
+
+
+def real_ct_series(key: str = BENCH_REAL_SCAN, *, max_slices: int | None = None, cache: Path = CACHE_DIR,
+                   data_cache: Path | None = None) -> list[Path]:
+    """A public real CT scan written as a DICOM CT series with the project's writer (cached on disk).
+
+    The scan is read as the real CT check reads it (:func:`vacseg_monai.realct.load_real_scan`: DICOM as
+    stored, NIfTI/NRRD reoriented to the display order of a head-first-supine series) and written slice by
+    slice by :func:`vacseg_monai.dicom.synthetic.write_ct_series` with its own pixel spacing and slice
+    spacing, HU as read (clipped to the stored type's range), uncompressed.
+
+    Args:
+        key: a key of :data:`vacseg_monai.public_data.SCANS` (default :data:`BENCH_REAL_SCAN`).
+        max_slices: keep at most this many central slices (default None: all); for quick tests.
+        cache: cache folder of the written series (default ``benchmarks/results/cache``).
+        data_cache: the public data cache (default :func:`vacseg_monai.public_data.cache_dir`).
+
+    Returns:
+        The CT files in slice order.
+
+    Raises:
+        vacseg_monai.public_data.PublicDataError: unknown key or the package cannot be fetched.
+        ValueError: if ``max_slices`` is below 1 or the scan cannot be read.
+    """
+    import tempfile
+
+    from vacseg_monai.dicom.synthetic import write_ct_series
+    from vacseg_monai.realct import load_real_scan
+
+    if max_slices is not None and max_slices < 1:
+        raise ValueError(f"`max_slices` must be None or >= 1, got {max_slices}.")
+    folder = cache / (f"real_{key}" + (f"_{max_slices}" if max_slices else ""))
+    done = folder / "files.json"
+    if done.is_file():
+        files = [folder / p for p in json.loads(done.read_text())]
+        if all(p.is_file() for p in files):
+            return files
+    shutil.rmtree(folder, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = load_real_scan(key, tmp, data_cache)
+        image = source.image[0].numpy()
+        spacing = source.spacing
+    if max_slices is not None and image.shape[2] > max_slices:
+        image = _fit_slices(image, max_slices)
+    hu = np.clip(np.rint(image), -1024, 32767 - 1024).astype(np.int16)
+    files = write_ct_series(hu, folder / "CT", pixel_spacing=(spacing[0], spacing[1]), slice_thickness=spacing[2],
+                            series_description=f"Real CT ({key})", study_description="Public real CT scan")
     done.write_text(json.dumps([str(p.relative_to(folder)) for p in files]))
     return files
 

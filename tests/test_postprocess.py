@@ -32,6 +32,26 @@ def test_resample_argmax_matches_full_resolution_argmax():
     with pytest.raises(ValueError, match="Logits have 7 slices but the CT grid has 6"):
         resample_argmax(logits, (16, 20, 6))
 
+def test_resample_argmax_runs_on_its_own_thread_count_and_restores_the_process_setting(monkeypatch):
+    logits = _smooth_logits(4, 12, 12, n=5, seed=3)
+    expected = resample_argmax(logits, (30, 30, 5), num_threads=None)
+    seen = []
+    real = torch.nn.functional.interpolate
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(torch.nn.functional, "interpolate", spy)
+    dense = resample_argmax(logits, (30, 30, 5), max_mixed_fraction=0.0)  # the dense path calls interpolate
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == before
+    torch.testing.assert_close(dense, expected)
+    with pytest.raises(ValueError, match="`num_threads` must be None or >= 1, got 0"):
+        resample_argmax(logits, (30, 30, 5), num_threads=0)
+
+
 def _smooth_logits(n_classes: int, h: int, w: int, n: int, seed: int) -> torch.Tensor:
     """Logits with label regions and boundaries like a network's: noise blurred over a few pixels."""
     coarse = torch.randn(n, n_classes, max(2, h // 4), max(2, w // 4), generator=torch.Generator().manual_seed(seed))

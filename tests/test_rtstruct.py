@@ -20,12 +20,13 @@ from conftest import dice
 from vacseg_monai import __version__
 from vacseg_monai.dicom.contours import (
     contours_to_mask,
+    format_ds_chunks,
     format_ds_values,
     mask_to_contours,
     simplify_contour,
     volume_to_contours,
 )
-from vacseg_monai.dicom.geometry import index_to_lps
+from vacseg_monai.dicom.geometry import index_to_lps, lps_to_index
 from vacseg_monai.dicom.rtstruct import (
     RTSTRUCT_SOP_CLASS_UID,
     normalize_roi_name,
@@ -251,6 +252,58 @@ def test_format_ds_values_valid_and_precise():
         format_ds_values(np.array([1.0, np.nan]))
     with pytest.raises(ValueError, match="16-character"):
         format_ds_values(np.array([1e13]))
+
+
+def test_format_ds_chunks_formats_each_run_as_format_ds_values():
+    rng = np.random.default_rng(2)
+    values = np.array([round(v, int(d)) for v, d in zip(rng.uniform(-500, 500, 40), rng.integers(0, 4, 40))])
+    sizes = [3, 0, 1, 12, 24]
+    chunks = format_ds_chunks(values, sizes)
+    starts = np.cumsum([0] + sizes[:-1])
+    assert chunks == [format_ds_values(values[a:a + n]) if n else b"" for a, n in zip(starts, sizes)]
+    assert all(len(c) % 2 == 0 for c in chunks)
+    with pytest.raises(ValueError, match="add up to 40 values, got a sum of 39"):
+        format_ds_chunks(values, [39])
+
+
+def _ds_numbers(value) -> np.ndarray:
+    """ContourData as numbers; pydicom leaves a value written with VR UN (over 64 kB) as bytes."""
+    return np.array(value.split(b"\\") if isinstance(value, bytes) else value, dtype=float)
+
+
+def test_contour_sequence_written_raw_reads_back_the_same(make_series, tmp_path, caplog):
+    """The Contour Sequence is encoded by the writer itself: in memory and in the file it reads as written,
+    under another character set too, and a contour too long for a 2-byte DS length goes to VR UN."""
+    series, _ = make_series("HFS", (0.9, 0.9))
+    series.datasets[0].SpecificCharacterSet = "ISO_IR 192"
+    labels = phantom_labels()
+    rows, cols, _ = labels.shape
+    yy, xx = np.mgrid[:rows, :cols]
+    labels[:, :, 2] = np.where((yy + xx) % 2 == 0, 3, 0)  # a checkerboard slice: thousands of tiny polygons
+    # Teeth with one-pixel bumps hanging from one bar: one polygon of about 5000 points (over 64 kB of DS).
+    comb = (xx % 3 == 0) | ((xx % 3 == 1) & (yy % 2 == 0)) | ((xx % 3 == 2) & (yy % 2 == 1))
+    labels[:, :, 3] = 0
+    labels[5:-4, 4:-4, 3] = np.where(comb[5:-4, 4:-4], 3, 0)
+    labels[4, 4:-4, 3] = 3
+    path = tmp_path / "RS.dcm"
+    with caplog.at_level("WARNING", logger="vacseg_monai.dicom.rtstruct"):
+        written = write_rtstruct(labels, series, path)
+    assert "is written with VR UN" in caplog.text
+    ds = pydicom.dcmread(path)
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    sop_uids = list(series.sop_instance_uids)
+    for roi_file, roi_memory in zip(ds.ROIContourSequence, written.ROIContourSequence):
+        items = roi_file.get("ContourSequence", [])
+        assert len(items) == len(roi_memory.get("ContourSequence", []))
+        assert [int(c.ContourNumber) for c in items] == list(range(1, len(items) + 1))
+        for c_file, c_memory in zip(items, roi_memory.get("ContourSequence", [])):
+            assert c_file.ContourGeometricType == "CLOSED_PLANAR"
+            data = _ds_numbers(c_file.ContourData).reshape(-1, 3)
+            assert len(data) == int(c_file.NumberOfContourPoints) >= 3
+            np.testing.assert_array_equal(data, _ds_numbers(c_memory.ContourData).reshape(-1, 3))
+            k = int(round(lps_to_index(series.affine_lps, data[:1])[0, 2]))
+            assert c_file.ContourImageSequence[0].ReferencedSOPInstanceUID == sop_uids[k]
+    np.testing.assert_array_equal(read_rtstruct(ds, series), labels)
 
 
 # --------------------------------------------------------------------------- writer

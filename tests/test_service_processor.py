@@ -96,6 +96,33 @@ def test_processor_writes_rtstruct_seg_qa_and_timings(tmp_path, tiny_weights, ct
     assert json.loads((job_dir / TIMINGS_FILE).read_text())["qa_picture_after_export"] > 0
 
 
+def test_processor_warms_up_its_whole_path_at_start(tiny_weights, caplog, monkeypatch):
+    """The warm-up runs segmentation and both writers once (the first real job then pays no set-up), and a
+    warm-up that fails is logged, never raised."""
+    import vacseg_monai.dicom.seg as seg_module
+
+    written = []
+    real_write_seg = seg_module.write_seg
+
+    def counting_write_seg(*args, **kwargs):
+        written.append(args[0].shape)
+        return real_write_seg(*args, **kwargs)
+
+    monkeypatch.setattr(seg_module, "write_seg", counting_write_seg)
+    with caplog.at_level("INFO", logger="vacseg_monai.service.processor"):
+        processor = BundleProcessor(bundle=default_bundle_root(), output="both", ckpt_path=tiny_weights, overrides=TINY)
+    assert "Processor warmed up in" in caplog.text and "warm-up failed" not in caplog.text
+    assert written == [(32, 32, 2)]  # the tiny synthetic series went through the SEG writer
+    caplog.clear()
+    monkeypatch.setattr(processor.segmenter, "segment", lambda *a, **k: 1 / 0)
+    with caplog.at_level("WARNING", logger="vacseg_monai.service.processor"):
+        assert processor.warm_up() >= 0
+    assert "The processor's warm-up failed; the first job will be slower." in caplog.text
+    cold = BundleProcessor(bundle=default_bundle_root(), output="both", ckpt_path=tiny_weights, overrides=TINY,
+                           warm_up=False)
+    assert written == [(32, 32, 2)] and cold.output.seg
+
+
 def test_qa_picture_shows_flagged_slices_first():
     labels = np.zeros((8, 8, 20), np.uint8)
     labels[2:6, 2:6, 4:16] = 3

@@ -21,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "contours_to_mask",
+    "format_ds_chunks",
     "format_ds_values",
     "mask_to_contours",
     "volume_to_contours",
@@ -333,6 +334,53 @@ def format_ds_values(values: np.ndarray) -> bytes:
     flat = np.asarray(values, dtype=np.float64).ravel()
     if flat.size == 0:
         return b""
+    return format_ds_chunks(flat, [flat.size])[0]
+
+
+def format_ds_chunks(values: np.ndarray, sizes: Sequence[int]) -> list[bytes]:
+    """Format consecutive runs of numbers as one DS value each, all in one vectorised pass.
+
+    The same text as :func:`format_ds_values` on each run, e.g. the ContourData of every
+    contour of a structure from one array of all their coordinates.
+
+    Args:
+        values: finite numbers (any shape; flattened in C order).
+        sizes: the length of each run, in order; they must add up to the number of values.
+
+    Returns:
+        one padded DS value per run (``b""`` for a run of length 0).
+
+    Raises:
+        ValueError: if a value is not finite or too large for a 16-character DS, or the sizes
+            do not add up to the number of values.
+    """
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if sizes.sum() != flat.size or np.any(sizes < 0):
+        raise ValueError(f"`sizes` must be non-negative and add up to {flat.size} values, got a sum of {sizes.sum()}.")
+    if flat.size == 0:
+        return [b""] * len(sizes)
+    chars = _ds_characters(flat)
+    kept = chars != ord(" ")
+    text = chars[kept].tobytes()
+    ends = np.cumsum(np.count_nonzero(kept, axis=1))  # end of each value's text, its backslash included
+    stops = np.cumsum(sizes)
+    chunk_end = np.where(stops > 0, ends[np.maximum(stops - 1, 0)], 0)
+    chunk_start = np.r_[0, chunk_end[:-1]]
+    out = []
+    for start, end, size in zip(chunk_start.tolist(), chunk_end.tolist(), sizes.tolist()):
+        chunk = text[start : end - 1] if size else b""  # without the run's last backslash
+        out.append(chunk + b" " if len(chunk) % 2 else chunk)
+    return out
+
+
+def _ds_characters(flat: np.ndarray) -> np.ndarray:
+    """One row of ASCII codes per value: sign, digits, point, decimals and a closing backslash; characters
+    to drop (leading zeros, trailing zeros, a bare point, a plus sign) are spaces.
+
+    Raises:
+        ValueError: if a value is not finite or too large for a 16-character DS.
+    """
     if not np.all(np.isfinite(flat)):
         raise ValueError("DS values must be finite; got NaN or infinity in the contour coordinates.")
     scale = 10**_DS_DECIMALS
@@ -370,8 +418,4 @@ def format_ds_values(values: np.ndarray) -> bytes:
         chars[:, point + 1 + j] = column
     chars[frac_part == 0, point] = ord(" ")
     chars[:, -1] = ord("\\")
-    flat_chars = chars.ravel()
-    text = flat_chars[flat_chars != ord(" ")].tobytes()[:-1]
-    if len(text) % 2:
-        text += b" "
-    return text
+    return chars

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 import logging
 import re
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, UID, generate_uid
 
 from vacseg_monai import __version__
-from vacseg_monai.dicom.contours import contours_to_mask, format_ds_values, simplify_contour, volume_to_contours
+from vacseg_monai.dicom.contours import contours_to_mask, format_ds_chunks, simplify_contour, volume_to_contours
 from vacseg_monai.dicom.geometry import index_to_lps, lps_to_index
 from vacseg_monai.dicom.outputs import (
     DEFAULT_ROOT_UID,
@@ -73,6 +74,11 @@ RTSTRUCT_SOP_CLASS_UID = UID("1.2.840.10008.5.1.4.1.1.481.3")
 _STUDY_SOP_CLASS_UID = UID("1.2.840.10008.3.1.2.3.1")
 DEFAULT_SERIES_DESCRIPTION = "vacseg_monai automatic structures (not reviewed)"
 _CONTOUR_DATA_TAG = Tag(0x3006, 0x0050)
+_CONTOUR_SEQUENCE_TAG = Tag(0x3006, 0x0040)
+# Explicit VR representations with a 4-byte length (PS3.5 7.1.2).
+_LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+# Contour Geometric Type (3006,0042) CS "CLOSED_PLANAR", encoded explicit VR little endian.
+_CLOSED_PLANAR = struct.pack("<HH", 0x3006, 0x0042) + b"CS" + struct.pack("<H", 14) + b"CLOSED_PLANAR "
 
 #: Suffixes the node appends to ROI names (the review mark of ``--review-policy send-marked``, a validation
 #: label): a structure set sent back with them still matches its labels.
@@ -277,6 +283,7 @@ def _add_rois(
             for label in label_table
         ]
     )
+    _keep_raw_contours(ds)
     # RT ROI Observations
     ds.RTROIObservationsSequence = DicomSequence(
         [
@@ -372,41 +379,88 @@ def _roi_contour(
 ) -> Dataset:
     item = Dataset()
     item.ROIDisplayColor = list(label.color)
-    contours = []
-    number = 0
+    polygons = []
     for k, polygon in volume_to_contours(label_map == label.value):
         if simplify_tolerance_mm:
             polygon = simplify_contour(polygon, simplify_tolerance_mm, spacing)
             if len(polygon) < 3:
                 continue
-        points = index_to_lps(affine, np.column_stack([polygon, np.full(len(polygon), float(k))]))
-        number += 1
-        contours.append(_contour_item(number, points, sop_class, sop_uids[k]))
-    if contours:
-        item.ContourSequence = DicomSequence(contours)
+        polygons.append((k, polygon))
+    if polygons:
+        item[_CONTOUR_SEQUENCE_TAG] = _contour_sequence(polygons, affine, sop_class, sop_uids)
     else:
         logger.info("Label %s (%d) has no voxels: ROI written without contours.", label.name, label.value)
     item.ReferencedROINumber = label.value
     return item
 
 
-def _contour_item(number: int, points: np.ndarray, sop_class: UID, sop_uid: str) -> Dataset:
-    image = Dataset()
-    image.ReferencedSOPClassUID = sop_class
-    image.ReferencedSOPInstanceUID = sop_uid
-    contour = Dataset()
-    contour.ContourImageSequence = DicomSequence([image])
-    contour.ContourGeometricType = "CLOSED_PLANAR"
-    contour.NumberOfContourPoints = len(points)
-    contour.ContourNumber = number
-    value = format_ds_values(points)
-    # Stored raw: converting hundreds of thousands of numbers to DSfloat objects would
-    # dominate the run time; pydicom decodes the element lazily when it is read.
-    contour[_CONTOUR_DATA_TAG] = RawDataElement(_CONTOUR_DATA_TAG, "DS", len(value), value, 0, False, True)
-    # Mark the item as already encoded explicit VR little endian (ASCII only), so that
-    # pydicom writes the raw element as it is instead of decoding and re-encoding it.
-    contour.set_original_encoding(False, True, contour._character_set)
-    return contour
+def _keep_raw_contours(ds: Dataset) -> None:
+    """Let pydicom write the raw Contour Sequences as they are (explicit VR little endian, ASCII only).
+
+    pydicom decodes and re-encodes every element of a dataset whose original encoding is not the one
+    it writes, nested sequences included; marking the structure set and its ROI Contour items as
+    already encoded that way (with their character set, once the items are in the structure set)
+    keeps the contours raw. Other sequences' items are still checked and encoded by pydicom.
+    """
+    ds.set_original_encoding(False, True, ds._character_set)
+    for item in ds.ROIContourSequence:
+        if _CONTOUR_SEQUENCE_TAG in item:
+            item.set_original_encoding(False, True, item._character_set)
+
+
+def _contour_sequence(
+    polygons: Sequence[tuple[int, np.ndarray]], affine: np.ndarray, sop_class: UID, sop_uids: Sequence[str]
+) -> RawDataElement:
+    """The Contour Sequence of one ROI, encoded explicit VR little endian in one pass.
+
+    One CLOSED_PLANAR item per ``(slice, polygon)``, numbered from 1, referencing that slice's
+    image. Built as bytes rather than as one pydicom Dataset per contour: a real CT's couch and
+    body give hundreds of polygons, and building and then writing their datasets took several
+    times longer than tracing them. pydicom decodes the raw sequence when it is read.
+    """
+    counts = np.array([len(polygon) for _, polygon in polygons], dtype=np.int64)
+    index = np.empty((int(counts.sum()), 3), dtype=np.float64)
+    index[:, :2] = np.concatenate([polygon for _, polygon in polygons])
+    index[:, 2] = np.repeat([float(k) for k, _ in polygons], counts)
+    data = format_ds_chunks(index_to_lps(affine, index), counts * 3)
+    class_uid = _padded(str(sop_class), b"\0")
+    references: dict[int, bytes] = {}  # slice -> its encoded Contour Image Sequence
+    items = []
+    for number, ((k, _), n_points, values) in enumerate(zip(polygons, counts.tolist(), data), start=1):
+        if k not in references:
+            image = _element(0x00081150, b"UI", class_uid) + _element(0x00081155, b"UI", _padded(sop_uids[k], b"\0"))
+            references[k] = _element(0x30060016, b"SQ", _item(image))
+        if len(values) > 0xFFFF:  # PS3.5 6.2.2: too long for a 2-byte length, written as UN (as pydicom would)
+            logger.warning("Contour %d on slice %d has %d points: its ContourData (%d bytes) is written with VR UN.",
+                           number, k, n_points, len(values))
+        items.append(_item(
+            references[k]
+            + _CLOSED_PLANAR
+            + _element(0x30060046, b"IS", _padded(str(n_points), b" "))
+            + _element(0x30060048, b"IS", _padded(str(number), b" "))
+            + _element(0x30060050, b"DS" if len(values) <= 0xFFFF else b"UN", values)
+        ))
+    value = b"".join(items)
+    return RawDataElement(_CONTOUR_SEQUENCE_TAG, "SQ", len(value), value, 0, False, True)
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    """ASCII ``text`` padded with ``pad`` to an even length."""
+    value = text.encode("ascii")
+    return value + pad if len(value) % 2 else value
+
+
+def _element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """One data element, explicit VR little endian; ``value`` already of even length."""
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr
+    if vr in _LONG_LENGTH_VRS:
+        return head + struct.pack("<HI", 0, len(value)) + value
+    return head + struct.pack("<H", len(value)) + value
+
+
+def _item(body: bytes) -> bytes:
+    """A sequence item of defined length holding the encoded elements ``body``."""
+    return struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
 
 
 # --------------------------------------------------------------------------- reader
@@ -646,12 +700,13 @@ def _contour_data(contour: Dataset) -> np.ndarray:
     """ContourData as float64, parsed straight from the raw bytes when still unread.
 
     pydicom would build one DSfloat object per number (seconds for a large structure
-    set); numpy parses the backslash-separated ASCII in one go.
+    set); numpy parses the backslash-separated ASCII in one go. A value over 64 kB, written
+    with VR UN in an explicit VR file, stays bytes once pydicom has read it: parsed the same way.
     """
     element = contour.get_item(_CONTOUR_DATA_TAG)
     if element is None:
         return np.zeros(0)
-    if isinstance(element, RawDataElement) and element.value is not None:
+    if (isinstance(element, RawDataElement) or isinstance(element.value, bytes)) and element.value is not None:
         text = bytes(element.value).strip(b" \x00")
         if not text:
             return np.zeros(0)
