@@ -144,8 +144,13 @@ def check_result(orthanc: OrthancProcess, rtstruct: dict, ct: list[Path]) -> Non
     assert len(study_instances) == len(ct) + 1
 
 
-def finished_jobs(folder: Path) -> list[Job]:
-    return [job for job in JobStore(folder).jobs() if job.state in (JobState.DONE, JobState.FAILED)]
+def finished_jobs(folder: Path, n: int) -> list[Job]:
+    """The node's jobs once ``n`` of them are finished: the result reaches Orthanc a moment before the node
+    records its export as done."""
+    def finished() -> list[Job]:
+        jobs = JobStore(folder).jobs()
+        return jobs if sum(job.state in (JobState.DONE, JobState.FAILED) for job in jobs) >= n else []
+    return wait_until(finished, WAIT_S, f"{n} finished jobs of the node in {folder}")
 
 
 def test_pacs_round_trip_through_the_rest_api(tmp_path, stack):
@@ -164,7 +169,7 @@ def test_pacs_round_trip_through_the_rest_api(tmp_path, stack):
 
     (rtstruct,) = results_in(orthanc, 1)
     check_result(orthanc, rtstruct, ct)
-    (job,) = finished_jobs(node.output_directory)
+    (job,) = finished_jobs(node.output_directory, 1)
     assert job.state is JobState.DONE and job.n_instances == len(ct) and job.calling_aet == "ORTHANC", job
     assert len(orthanc.rest.instances()) == len(ct) + 1
 
@@ -187,7 +192,7 @@ def test_pacs_round_trip_through_the_shipped_routing_script(tmp_path, stack):
     assert dcmread(sent).SOPInstanceUID == orthanc.rest.simplified_tags(rtstruct["Instances"][0])["SOPInstanceUID"]
     jobs = wait_until(lambda: all_done(orthanc) and orthanc.rest.jobs(), WAIT_S, "Orthanc's store jobs")
     assert sorted(job["Content"]["RemoteAet"] for job in jobs) == ["TPS", "VACSEG"]
-    (job,) = JobStore(node.output_directory).jobs()  # the RTSTRUCT was not routed back to the node
+    (job,) = finished_jobs(node.output_directory, 1)  # the RTSTRUCT was not routed back to the node
     assert job.state is JobState.DONE and job.n_instances == len(ct), job
     assert "vacseg routing: series" in orthanc.log()
 
@@ -224,7 +229,7 @@ def test_two_nodes_behind_one_orthanc_process_each_series_exactly_once(tmp_path,
     wait_until(lambda: len(tps.files()) >= len(cts), WAIT_S, f"{len(cts)} RTSTRUCTs at the TPS")
     wait_until(lambda: all_done(orthanc), WAIT_S, "Orthanc's store jobs")
     for name, node in nodes.items():
-        jobs = JobStore(node.output_directory).jobs()
+        jobs = finished_jobs(node.output_directory, len(series[name]))
         assert sorted(job.series_uid for job in jobs) == sorted(series[name]), name  # each series once, here
         assert all(job.state is JobState.DONE and job.n_instances == 4 for job in jobs), jobs
         assert len(list((node.output_directory / "jobs").iterdir())) == 3
