@@ -247,6 +247,24 @@ def _fit_slices(array: np.ndarray, n_slices: int) -> np.ndarray:
 BENCH_PHANTOM_VERSION = 1
 
 
+def _cached_files(folder: Path) -> list[Path] | None:
+    """The files a cached series folder lists in its ``files.json``, when all are there; else None, and the
+    folder is cleared for a fresh write."""
+    done = folder / "files.json"
+    if done.is_file():
+        files = [folder / p for p in json.loads(done.read_text())]
+        if all(p.is_file() for p in files):
+            return files
+    shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
+def _remember_files(folder: Path, files: list[Path]) -> list[Path]:
+    """Write the ``files.json`` of a freshly written series folder (last, so a half-written folder is redone)."""
+    (folder / "files.json").write_text(json.dumps([str(p.relative_to(folder)) for p in files]))
+    return files
+
+
 def phantom_series(
     n_slices: int, *, size: int = 512, seed: int = 1000, cache: Path = CACHE_DIR, version: int = BENCH_PHANTOM_VERSION
 ) -> list[Path]:
@@ -263,12 +281,8 @@ def phantom_series(
     from vacseg_monai.phantom import generate_phantom
 
     folder = cache / f"phantom_v{version}_s{seed}_{size}x{size}x{n_slices}"
-    done = folder / "files.json"
-    if done.is_file():
-        files = [folder / p for p in json.loads(done.read_text())]
-        if all(p.is_file() for p in files):
-            return files
-    shutil.rmtree(folder, ignore_errors=True)
+    if (files := _cached_files(folder)) is not None:
+        return files
     phantom = generate_phantom(seed, size=size, version=version)
     bag = phantom.bag_slices
     phantom = dataclasses.replace(
@@ -278,10 +292,7 @@ def phantom_series(
         tissues=_fit_slices(phantom.tissues, n_slices),
         bag_slices=(max(0, min(bag[0], n_slices)), min(bag[1], n_slices)),
     )
-    written = write_phantom_dicom(phantom, folder)
-    files = written.ct_files
-    done.write_text(json.dumps([str(p.relative_to(folder)) for p in files]))
-    return files
+    return _remember_files(folder, write_phantom_dicom(phantom, folder).ct_files)
 
 
 def small_series(n_instances: int, *, size: int = 64, cache: Path = CACHE_DIR) -> list[Path]:
@@ -289,19 +300,14 @@ def small_series(n_instances: int, *, size: int = 64, cache: Path = CACHE_DIR) -
     from vacseg_monai.dicom.synthetic import write_ct_series
 
     folder = cache / f"small_{size}x{size}x{n_instances}"
-    done = folder / "files.json"
-    if done.is_file():
-        files = [folder / p for p in json.loads(done.read_text())]
-        if all(p.is_file() for p in files):
-            return files
-    shutil.rmtree(folder, ignore_errors=True)
+    if (files := _cached_files(folder)) is not None:
+        return files
     yy, xx = np.mgrid[:size, :size]
     disk = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (size / 3) ** 2
     volume = np.full((size, size, n_instances), -1000, np.int16)
     volume[disk] = 40
-    files = write_ct_series(volume, folder / "CT", pixel_spacing=(2.0, 2.0), slice_thickness=1.0)
-    done.write_text(json.dumps([str(p.relative_to(folder)) for p in files]))
-    return files
+    return _remember_files(folder, write_ct_series(volume, folder / "CT", pixel_spacing=(2.0, 2.0),
+                                                   slice_thickness=1.0))
 
 
 #: The real scan of the latency benchmark: a held-out check scan (never trained on), 61 chest CT slices of
@@ -339,12 +345,8 @@ def real_ct_series(key: str = BENCH_REAL_SCAN, *, max_slices: int | None = None,
     if max_slices is not None and max_slices < 1:
         raise ValueError(f"`max_slices` must be None or >= 1, got {max_slices}.")
     folder = cache / (f"real_{key}" + (f"_{max_slices}" if max_slices else ""))
-    done = folder / "files.json"
-    if done.is_file():
-        files = [folder / p for p in json.loads(done.read_text())]
-        if all(p.is_file() for p in files):
-            return files
-    shutil.rmtree(folder, ignore_errors=True)
+    if (files := _cached_files(folder)) is not None:
+        return files
     with tempfile.TemporaryDirectory() as tmp:
         source = load_real_scan(key, tmp, data_cache)
         image = source.image[0].numpy()
@@ -354,8 +356,7 @@ def real_ct_series(key: str = BENCH_REAL_SCAN, *, max_slices: int | None = None,
     hu = np.clip(np.rint(image), -1024, 32767 - 1024).astype(np.int16)
     files = write_ct_series(hu, folder / "CT", pixel_spacing=(spacing[0], spacing[1]), slice_thickness=spacing[2],
                             series_description=f"Real CT ({key})", study_description="Public real CT scan")
-    done.write_text(json.dumps([str(p.relative_to(folder)) for p in files]))
-    return files
+    return _remember_files(folder, files)
 
 
 def bench_node(folder: Path, *args: str) -> NodeProcess:

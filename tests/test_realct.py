@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import REPO, dice
+from conftest import REPO, dice, fetched_or_skip
 from vacseg_monai import public_data, realct
 from vacseg_monai.phantom import generate_phantom
 
@@ -198,21 +198,11 @@ def test_an_unreadable_scan_is_reported_not_raised(segmenter, tmp_path, monkeypa
 # --------------------------------------------------------------------------- hard negatives
 
 
-def _fetched(key: str) -> None:
-    """Fetch a public scan's package, skipping the test only when the package index cannot be reached."""
-    try:
-        public_data.scan_path(key)
-    except public_data.PublicDataError as exc:
-        if str(exc).startswith("Cannot read the package index page"):
-            pytest.skip(f"{key}: no network to fetch it ({exc})")
-        raise
-
-
 @pytest.mark.parametrize("key", public_data.HARD_NEGATIVE_SCANS)
 def test_a_real_scan_becomes_a_hard_negative_patient(key, tmp_path):
     from vacseg_monai.datasets import discover_patients, load_slice
 
-    _fetched(key)
+    fetched_or_skip(key)
     hard = realct.write_hard_negative(key, tmp_path / "data" / f"real_{key}")
     source = realct.load_real_scan(key, tmp_path / "work")
     hu = source.image[0].numpy()
@@ -245,7 +235,7 @@ def test_a_real_scan_becomes_a_hard_negative_patient(key, tmp_path):
 
 
 def test_a_hard_negative_lies_with_the_patients_left_on_the_image_right(tmp_path):
-    _fetched("totalseg_nifti")
+    fetched_or_skip("totalseg_nifti")
     hard = realct.write_hard_negative("totalseg_nifti", tmp_path / "real_totalseg_nifti")
     top = hard.shape[2] - 1  # the upper abdomen: the liver lies on the patient's right
     image = np.load(hard.patient_dir / "img" / f"{top}.npy")[0]
@@ -269,7 +259,7 @@ def test_make_hard_negatives_script_writes_patients_and_a_montage(tmp_path):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     main = script.main
-    _fetched("totalseg_nifti")
+    fetched_or_skip("totalseg_nifti")
     montage = tmp_path / "montage.png"
     assert main([str(tmp_path / "data"), "--scans", "totalseg_nifti", "--montage", str(montage), "-q"]) == 0
     assert [p.patient_id for p in discover_patients(tmp_path / "data")] == ["real_totalseg_nifti"]

@@ -32,7 +32,6 @@ import enum
 import logging
 import math
 import re
-import tomllib
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from vacseg_monai.labels import LABELS, Label, RTROIInterpretedType
+from vacseg_monai.options import load_toml
 
 __all__ = [
     "BUILTIN_PROFILES",
@@ -390,13 +390,7 @@ def load_profile(spec: str | Path | Mapping[str, Any] | OutputProfile | None = N
 
 
 def _profile_from_file(path: Path) -> OutputProfile:
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as exc:
-        raise ValueError(f"Cannot read output profile file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"Output profile file {path} is not valid TOML: {exc}") from exc
+    data = load_toml(path, "Output profile file")
     table = data.get("profile")
     if not isinstance(table, Mapping):
         raise ValueError(f"Output profile file {path} has no [profile] table (found keys {sorted(data)}).")

@@ -14,7 +14,6 @@ import argparse
 import enum
 import ipaddress
 import logging
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 from vacseg_monai.dicom.outputs import OutputKind, check_root_uid
 from vacseg_monai.dicom.profiles import DEFAULT_PROFILE, OutputProfile, load_profile, profile_from_mapping
 from vacseg_monai.labels import LABELS
-from vacseg_monai.options import parse_bool
+from vacseg_monai.options import load_toml, parse_bool
 from vacseg_monai.paths import default_bundle_root
 
 __all__ = [
@@ -396,13 +395,7 @@ _CLI_ONLY = {"config", "status", "approve", "reject", "port_positional", "scu_ip
 
 
 def _load_toml(path: Path) -> dict:
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as exc:
-        raise ValueError(f"Cannot read config file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"Config file {path} is not valid TOML: {exc}") from exc
+    data = load_toml(path, "Config file")
     known = {f.name for f in fields(NodeConfig)} | {"scu_ip", "scu_port", "scp_port", "scp_ip", "storage_path"}
     aliases = {"scp_port": "port", "scp_ip": "bind_address", "storage_path": "output_directory"}
     result = {}
