@@ -2,7 +2,7 @@
 
 The same phantom series (``--slices`` images of 512 x 512) is sent with DCMTK
 ``storescu`` (TCP_NODELAY=1, one association) to five SCPs running as
-processes at the same time, in rotation, ``--repeats`` times each:
+processes at the same time, in rotation (forward, then backward), ``--repeats`` times each:
 
 - the node (``scripts/serve_scp.py``; stand-in processor, so the worker's
   reading of the finished series is quick; each send waits until that job is done);
@@ -30,6 +30,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ from benchmarks.common import (
 from vacseg_monai.testing.orthanc import OrthancProcess, orthanc_available
 from vacseg_monai.testing.peers import PynetdicomSCP, StoreSCP, free_port, storescu_send, wait_until
 
-__all__ = ["main", "report_chart", "report_ideas", "report_section", "run", "run_dashboard"]
+__all__ = ["main", "report_chart", "report_ideas", "report_section", "run", "run_dashboard", "send_order"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,14 @@ DURABLE_PATH_NOTES = (
     "The chunked receive does not write twice: pynetdicom writes each fragment once into `incoming/` and the "
     "node renames that file into its job.")
 STAND_IN = "vacseg_monai.testing.processors:StandInProcessor"
+
+
+def send_order(names: Sequence[str], i: int) -> list[str]:
+    """The order of the sends in rotation ``i``: forward, then backward, in turn. In a fixed order each SCP is
+    measured right after the same neighbour, whose background work after its last acknowledgement (Orthanc
+    writing its index, a node finishing its job) then always falls on it; alternating the direction gives every
+    SCP the two neighbours and never puts the first one right after the last."""
+    return list(names) if i % 2 == 0 else list(reversed(names))
 
 
 def _jobs_finished(folder: Path, expected: int) -> bool:
@@ -154,7 +163,7 @@ def run(repeats: int = 5, slices: int = 100, size: int = 512, warmup: int = 1) -
             sent = {"node": 0, "node_bundle": 0}
             folders = {"node": node_dir, "node_bundle": bundle_dir}
             for i in range(warmup + repeats):
-                for name in names:
+                for name in send_order(names, i):
                     elapsed = storescu_send(files, peers[name].port, peers[name].ae_title)
                     if name in sent:
                         sent[name] += 1
@@ -398,7 +407,7 @@ def run_dashboard(repeats: int = 5, slices: int = 100, size: int = 512, warmup: 
                 peer.start()
             poller.start()
             for i in range(warmup + repeats):
-                for name in names:
+                for name in send_order(names, i):
                     elapsed = storescu_send(files, peers[name].port, peers[name].ae_title)
                     wait_until(lambda: _jobs_finished(folders[name], i + 1), 180, "the node's job", 0.05)
                     if i >= warmup:

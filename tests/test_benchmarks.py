@@ -215,3 +215,13 @@ def test_latency_benchmark_tiny_run_times_phantom_and_real_ct(tmp_path):
     assert text.count("latency <= 2 x network") == 2
     with pytest.raises(ValueError, match="`outputs` must be a non-empty subset of"):
         bench_latency.run(outputs=("nifti",))
+
+
+def test_receive_sends_alternate_direction_so_no_scp_always_follows_the_same_one():
+    from benchmarks.bench_receive import send_order
+
+    names = ("node", "pynetdicom", "orthanc")
+    sequence = [name for i in range(4) for name in send_order(names, i)]
+    assert sequence[:6] == ["node", "pynetdicom", "orthanc", "orthanc", "pynetdicom", "node"]
+    followed = {sequence[j - 1] for j in range(1, len(sequence)) if sequence[j] == "node"}
+    assert followed == {"node", "pynetdicom"}  # never right after Orthanc's send
