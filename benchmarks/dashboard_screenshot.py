@@ -28,7 +28,7 @@ from vacseg_monai.testing.peers import (
     wait_until,
 )
 
-__all__ = ["main", "make_screenshots"]
+__all__ = ["main", "make_screenshots", "mr_instance"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 NODE_TIMEOUT_S = 600
 
 
-def _mr_instance(source: Path, out: Path) -> Path:
-    """A copy of one CT instance as an MR image of a new series (the node fails it: not CT)."""
+def mr_instance(source: Path, out: Path, series_description: str | None = None) -> Path:
+    """A copy of one CT instance as an MR image of a new series (the node fails it: not CT); the dashboard test
+    makes its failed job with it too."""
     from pydicom import dcmread
     from pydicom.uid import generate_uid
 
@@ -46,7 +47,8 @@ def _mr_instance(source: Path, out: Path) -> Path:
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
     ds.SeriesInstanceUID = generate_uid()
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SeriesDescription = "MR localiser"
+    if series_description is not None:
+        ds.SeriesDescription = series_description
     out.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(out)
     return out
@@ -74,7 +76,7 @@ def make_screenshots(docs: Path, slices: int = 40, size: int = 512) -> list[Path
     written: list[Path] = []
     with tempfile.TemporaryDirectory(dir=work_root()) as tmp:
         tmp_path = Path(tmp)
-        mr = _mr_instance(series[0][0], tmp_path / "mr" / "mr.dcm")
+        mr = mr_instance(series[0][0], tmp_path / "mr" / "mr.dcm", "MR localiser")
         http_port = free_port()
         with StoreSCP(tmp_path / "dest", aet="TPS") as dest:
             node = NodeProcess(tmp_path / "node", tmp_path / "node.log",

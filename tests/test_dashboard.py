@@ -18,6 +18,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from benchmarks.dashboard_screenshot import mr_instance
 from test_service_support import needs_dcmtk, node_process, write_series
 from vacseg_monai.service.config import (
     Destination,
@@ -77,18 +78,6 @@ def node_toml(path: Path, http_port: int, **extra: object) -> Path:
     lines += ["[processor_args]", "use_read_series = false", f"quality = {{{scores}}}"]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def mr_instance(source: Path, out: Path) -> Path:
-    """A copy of a CT instance turned into an MR one of a new series (the stand-in node fails it: not CT)."""
-    ds = dcmread(source)
-    ds.Modality = "MR"
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(out)
-    return out
 
 
 def without_series_uid(source: Path, out: Path) -> Path:
