@@ -98,7 +98,8 @@ def run(
         "thresholds": {"vacbag_cm3_max": realct.MAX_VACBAG_CM3, "body_dice_min": realct.MIN_BODY_DICE,
                        "couch_inside_share_max": realct.MAX_COUCH_INSIDE_SHARE},
         "reference": {"threshold_hu": realct.REFERENCE_THRESHOLD_HU,
-                      "opening_radius_mm": realct.REFERENCE_OPENING_RADIUS_MM},
+                      "opening_radius_mm": realct.REFERENCE_OPENING_RADIUS_MM,
+                      "part_share": realct.REFERENCE_PART_SHARE},
         "scans": rows,
         "machine": machine_info(),
     }
@@ -149,6 +150,8 @@ def table_lines(result: dict[str, Any], picture_prefix: str = "") -> list[str]:
 
 def report_section(result: dict[str, Any], heading: str = "## Real CT check (real_ct_check.py)") -> list[str]:
     """Its section of docs/benchmarks.md (under ``heading``)."""
+    from vacseg_monai.realct import REFERENCE_PART_SHARE
+
     ref = result["reference"]
     held_out = [r for r in result["scans"] if not r["used_in_training"] and r["met"] is not None]
     passed = sum(1 for r in held_out if r["met"]["all"])
@@ -157,8 +160,9 @@ def report_section(result: dict[str, Any], heading: str = "## Real CT check (rea
         f"The bundle (`{result['weights']}`) on real scanner CT from public packages, fetched at run time "
         "(`vacseg_monai/public_data.py`), read by `load_input` and segmented by `BundleSegmenter`. The reference "
         f"body is built from the CT alone: threshold at {ref['threshold_hu']:g} HU, opening per slice with a "
-        f"{ref['opening_radius_mm']:g} mm disk (breaks the thin couch top away), largest 3D component, holes filled "
-        "per slice (`vacseg_monai/realct.py` says where it can be wrong). Pictures: the model's labels filled, "
+        f"{ref['opening_radius_mm']:g} mm disk (breaks the thin couch top away), the largest 3D component and "
+        f"every part holding at least {ref.get('part_share', REFERENCE_PART_SHARE):g} of its voxels, holes "
+        "filled per slice (`vacseg_monai/realct.py` says where it can be wrong). Pictures: the model's labels filled, "
         "the reference body as a contour.", "",
         *table_lines(result), "",
         f"Held-out scans passing all three: **{passed} of {len(held_out)}** read.", "",

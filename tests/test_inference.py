@@ -90,6 +90,7 @@ def test_postprocessing_is_built_from_the_named_steps():
     assert type(parser.get_parsed_content("resample_argmax")).__name__ == "ResampleArgmaxd"
     clean_up = parser.get_parsed_content("clean_up")
     assert type(clean_up).__name__ == "CleanUpLabelsd" and clean_up.min_vacbag_volume_mm3 == 1000.0
+    assert clean_up.min_body_share == 0.1
     assert parser.get_parsed_content("writer#root_uid") == "1.2.826.0.1.3680043.8.498."
 
 

@@ -8,8 +8,10 @@ import torch
 
 from vacseg_monai.labels import BACKGROUND, label_by_name
 from vacseg_monai.postprocess import (
+    CleanUpLabelsd,
     _drop_small_components,
     _fill_holes_per_slice,
+    _large_components,
     _largest_component,
     _relabel_in_box,
     clean_up_labels,
@@ -136,7 +138,7 @@ def test_clean_up_on_the_bounding_box_equals_the_whole_grid():
     operations = {
         "largest": _largest_component,
         "fill holes": _fill_holes_per_slice,
-        "body": lambda m: _fill_holes_per_slice(_largest_component(m)),
+        "body": lambda m: _fill_holes_per_slice(_large_components(m, 0.1)),
         "drop small": lambda m: _drop_small_components(m, 5),
     }
     for name, operation in operations.items():
@@ -151,3 +153,34 @@ def test_clean_up_on_the_bounding_box_equals_the_whole_grid():
     )
     empty = np.zeros((4, 4, 2), dtype=np.uint8)
     assert _relabel_in_box(empty, BODY, _largest_component) == (0, 0) and not empty.any()
+
+
+def test_clean_up_keeps_every_large_body_part():
+    """Body parts lying apart (two hind limbs, a tail) stay; a stray piece below the share of the largest goes."""
+    labels = np.zeros((40, 60, 5), dtype=np.uint8)
+    labels[5:25, 5:25, :] = BODY  # left limb: 2000 voxels
+    labels[5:24, 35:55, :] = BODY  # right limb, apart from the left: 1900 voxels
+    labels[30:34, 30:35, 2] = BODY  # a stray piece: 20 voxels, 1 % of the largest part
+    cleaned, changed = clean_up_labels(labels)
+    assert np.count_nonzero(cleaned == BODY) == 3900 and changed["Body"] == 20
+    largest_only, _ = clean_up_labels(labels, min_body_share=1.0)
+    assert np.count_nonzero(largest_only == BODY) == 2000
+    everything, changed = clean_up_labels(labels, min_body_share=0.0)
+    assert np.count_nonzero(everything == BODY) == 3920 and changed["Body"] == 0
+    with pytest.raises(ValueError, match="min_body_share"):
+        clean_up_labels(labels, min_body_share=1.5)
+    with pytest.raises(ValueError, match="min_body_share"):
+        CleanUpLabelsd(min_body_share=-0.1)
+
+
+def test_clean_up_keeps_both_limbs_of_a_limb_phantom():
+    """A v2 limb phantom's true labels hold two body components of equal size: the clean-up leaves both."""
+    from vacseg_monai.phantom import generate_phantom
+
+    phantom = generate_phantom(1004, size=128, version=2)
+    assert phantom.extra["region"] == "limb"
+    truth = phantom.labels
+    cleaned, changed = clean_up_labels(truth, float(np.prod(phantom.pixel_spacing) * phantom.slice_thickness_mm))
+    np.testing.assert_array_equal(cleaned == BODY, truth == BODY)
+    assert changed["Body"] == 0
+    assert np.count_nonzero(_largest_component(truth == BODY)) * 2 == np.count_nonzero(truth == BODY)  # the old rule

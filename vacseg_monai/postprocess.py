@@ -6,7 +6,7 @@ Two steps, declared as ``resample_argmax`` and ``clean_up`` in ``configs/inferen
   resized back to the CT grid in-plane (bilinear) and the argmax taken, without
   keeping full-resolution logits for the whole volume;
 - :class:`CleanUpLabelsd` (:func:`clean_up_labels`): connected-component clean-up
-  per label (largest body and couch, no small bag fragments, body holes filled).
+  per label (the body's large parts, the largest couch, no small bag fragments, body holes filled).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from scipy import ndimage
 from vacseg_monai.labels import BACKGROUND, LABELS, Label
 
 __all__ = [
+    "DEFAULT_MIN_BODY_SHARE",
     "DEFAULT_MIN_VACBAG_VOLUME_MM3",
     "CleanUpLabelsd",
     "ResampleArgmaxd",
@@ -38,6 +39,12 @@ logger = logging.getLogger(__name__)
 
 #: Vacbag components smaller than this (mm^3, i.e. 1 ml) are dropped by the clean-up.
 DEFAULT_MIN_VACBAG_VOLUME_MM3 = 1000.0
+
+#: Body components holding less than this share of the largest one's voxels are dropped by the clean-up.
+#: A patient is not always one piece in a scan: two hind limbs lie apart in a limb scan (each half of the
+#: body), a tail or a limb beside the pelvis holds a fifth of it; stray pieces the network calls body
+#: (a towel roll, a fold of blanket) hold a few per cent.
+DEFAULT_MIN_BODY_SHARE = 0.1
 
 # 26-connectivity in 3D: diagonal neighbours join thin structures (couch shells) across slices.
 _CONNECTIVITY_3D = np.ones((3, 3, 3), dtype=bool)
@@ -248,6 +255,18 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return components == int(np.argmax(sizes))
 
 
+def _large_components(mask: np.ndarray, min_share: float) -> np.ndarray:
+    """The components of ``mask`` holding at least ``min_share`` of the largest one's voxels."""
+    components, count = ndimage.label(mask, structure=_CONNECTIVITY_3D)
+    if count <= 1:
+        return mask
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    keep = sizes >= min_share * sizes.max()
+    keep[0] = False
+    return keep[components]
+
+
 def _drop_small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
     components, count = ndimage.label(mask, structure=_CONNECTIVITY_3D)
     if count == 0:
@@ -283,12 +302,15 @@ def clean_up_labels(
     voxel_volume_mm3: float = 1.0,
     min_vacbag_volume_mm3: float = DEFAULT_MIN_VACBAG_VOLUME_MM3,
     label_table: Sequence[Label] = LABELS,
+    *,
+    min_body_share: float = DEFAULT_MIN_BODY_SHARE,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Connected-component clean-up of a label map ``(rows, cols, n)``, by label name.
 
-    - ``Body`` (the external outline): keep the largest 3D component, then fill its
-      internal holes slice by slice (everything enclosed by the outline on a slice is
-      body, whatever the network said).
+    - ``Body`` (the external outline): keep the 3D components holding at least
+      ``min_body_share`` of the largest one (the trunk, and limbs lying apart from it),
+      then fill their internal holes slice by slice (everything enclosed by the outline
+      on a slice is body, whatever the network said).
     - ``Couch``: keep the largest 3D component (there is one couch top).
     - ``Vacbag``: drop 3D components smaller than ``min_vacbag_volume_mm3`` (the bag
       may legitimately come in several pieces, e.g. two side walls).
@@ -302,6 +324,8 @@ def clean_up_labels(
         voxel_volume_mm3: volume of one voxel in mm^3 (default 1).
         min_vacbag_volume_mm3: smallest Vacbag component kept, in mm^3 (default 1000, i.e. 1 ml).
         label_table: the label table (default :data:`vacseg_monai.labels.LABELS`).
+        min_body_share: Body components smaller than this share of the largest are dropped (default
+            :data:`DEFAULT_MIN_BODY_SHARE`; 1 keeps the largest only, 0 keeps every component).
 
     Returns:
         The cleaned label map (same dtype; a ``(rows, cols, n)`` view of slice-major memory) and, per
@@ -317,6 +341,7 @@ def clean_up_labels(
         raise ValueError(f"`voxel_volume_mm3` must be > 0, got {voxel_volume_mm3}.")
     if min_vacbag_volume_mm3 < 0:
         raise ValueError(f"`min_vacbag_volume_mm3` must be >= 0, got {min_vacbag_volume_mm3}.")
+    _check_share(min_body_share)
     # Work slice-major, (n, rows, cols): the memory layout resample_argmax produces (a plain copy then), and
     # the one in which each slice is contiguous. The result is returned as a (rows, cols, n) view of it.
     out = np.array(np.moveaxis(labels, 2, 0), order="C", copy=True)
@@ -324,7 +349,7 @@ def clean_up_labels(
     by_name = {label.name: label.value for label in label_table}
     if "Body" in by_name:
         removed, added = _relabel_in_box(
-            out, by_name["Body"], lambda m: _fill_holes_per_slice(_largest_component(m), slice_axis=0)
+            out, by_name["Body"], lambda m: _fill_holes_per_slice(_large_components(m, min_body_share), slice_axis=0)
         )
         changed["Body"] = removed + added
     if "Couch" in by_name:
@@ -360,6 +385,11 @@ def _relabel_in_box(out: np.ndarray, value: int, operation) -> tuple[int, int]:
     return int(np.count_nonzero(removed)), int(np.count_nonzero(added))
 
 
+def _check_share(min_body_share: float) -> None:
+    if not 0.0 <= min_body_share <= 1.0:
+        raise ValueError(f"`min_body_share` must be within [0, 1], got {min_body_share}.")
+
+
 def _voxel_volume(affine: Any) -> float:
     return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
 
@@ -374,6 +404,8 @@ class CleanUpLabelsd(MapTransform):
         min_vacbag_volume_mm3: smallest Vacbag component kept, mm^3. Defaults to 1000.
         label_table: the label table. Defaults to :data:`vacseg_monai.labels.LABELS`.
         allow_missing_keys: don't raise if a key is absent. Defaults to False.
+        min_body_share: Body components smaller than this share of the largest are dropped.
+            Defaults to :data:`DEFAULT_MIN_BODY_SHARE`.
     """
 
     def __init__(
@@ -382,11 +414,14 @@ class CleanUpLabelsd(MapTransform):
         min_vacbag_volume_mm3: float = DEFAULT_MIN_VACBAG_VOLUME_MM3,
         label_table: Sequence[Label] = LABELS,
         allow_missing_keys: bool = False,
+        min_body_share: float = DEFAULT_MIN_BODY_SHARE,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if min_vacbag_volume_mm3 < 0:
             raise ValueError(f"`min_vacbag_volume_mm3` must be >= 0, got {min_vacbag_volume_mm3}.")
+        _check_share(min_body_share)
         self.min_vacbag_volume_mm3 = float(min_vacbag_volume_mm3)
+        self.min_body_share = float(min_body_share)
         self.label_table = tuple(label_table)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -403,7 +438,8 @@ class CleanUpLabelsd(MapTransform):
             affine = value.affine if isinstance(value, MetaTensor) else np.eye(4)
             array = value[0].cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value[0])
             cleaned, changed = clean_up_labels(
-                array, _voxel_volume(affine), self.min_vacbag_volume_mm3, self.label_table
+                array, _voxel_volume(affine), self.min_vacbag_volume_mm3, self.label_table,
+                min_body_share=self.min_body_share,
             )
             logger.info("Clean-up changed voxels per label: %s", changed)
             tensor = torch.from_numpy(cleaned[None])
